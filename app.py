@@ -358,6 +358,10 @@ def api_providers() -> list[dict]:
 
 # -- layout and wiring ---------------------------------------------------------------------
 PRIVATE = {"api_visibility": "private"}
+CSS = """
+#actions { align-items: center; gap: 8px; }
+#status { font-size: 0.85em; opacity: 0.85; }
+"""
 
 with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as demo:
     browser = gr.BrowserState(
@@ -367,41 +371,18 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     )
     conversation_id = gr.State("")
 
-    with gr.Sidebar(open=True):
-        gr.Markdown("### 💬 Conversations")
-        new_chat_btn = gr.Button("＋ New chat", elem_id="new-chat", variant="primary")
+    with gr.Sidebar(open=True, elem_id="sidebar"):
+        gr.Markdown("### Conversations · 对话")
+        new_chat_btn = gr.Button("＋ New chat · 新对话", elem_id="new-chat", variant="primary")
         conversations = gr.Radio(
             label="This browser's chats", choices=[], elem_id="conversations", show_label=False
         )
-        delete_btn = gr.Button("🗑 Delete this chat", size="sm", variant="stop")
+        delete_btn = gr.Button(
+            "Delete this chat", size="sm", variant="secondary", elem_id="delete-chat"
+        )
         gr.Markdown(status_markdown(), elem_id="status")
 
-    chatbot = gr.Chatbot(
-        elem_id="chatbot",
-        label="Chat",
-        buttons=["copy", "copy_all"],
-        latex_delimiters=LATEX,
-        scale=1,
-        min_height=420,
-        autoscroll=True,
-        placeholder="**Ask anything**, or drop images here to talk about them.<br>"
-        "问点什么吧，也可以拖入或粘贴图片。",
-    )
-    chat_input = gr.MultimodalTextbox(
-        elem_id="chat-input",
-        file_types=["image"],
-        file_count="multiple",
-        sources=["upload"],
-        placeholder="Message… (Enter to send, Shift+Enter for a new line; paste or drop images)",
-        show_label=False,
-        autofocus=True,
-        max_plain_text_length=settings.max_message_chars,
-    )
-    with gr.Row():
-        stop_btn = gr.Button("■ Stop", elem_id="stop", visible=False, variant="stop", size="sm")
-        retry_btn = gr.Button("↻ Retry", elem_id="retry", size="sm")
-        undo_btn = gr.Button("↶ Undo", elem_id="undo", size="sm")
-    with gr.Row():
+    with gr.Row(equal_height=True):
         role = gr.Dropdown(role_choices(), value=DEFAULT_ROLE, label="Role · 角色", elem_id="role")
         provider = gr.Dropdown(
             provider_choices(),
@@ -416,14 +397,56 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
             elem_id="model",
             allow_custom_value=True,
         )
-        detail = gr.Radio(list(DETAILS), value="auto", label="Image detail", elem_id="detail")
     custom_prompt = gr.Textbox(
         label="Custom system prompt · 自定义系统提示词",
-        lines=3,
+        lines=2,
         visible=False,
         elem_id="custom-prompt",
-        placeholder="You are a…",
+        placeholder="You are a… · 你是一位……",
     )
+    chatbot = gr.Chatbot(
+        elem_id="chatbot",
+        label="Chat",
+        show_label=False,
+        buttons=["copy", "copy_all"],
+        latex_delimiters=LATEX,
+        scale=1,
+        min_height=360,
+        autoscroll=True,
+        placeholder="**Ask anything**, or drop images here to talk about them.<br>"
+        "问点什么吧，也可以拖入或粘贴图片。",
+    )
+    chat_input = gr.MultimodalTextbox(
+        elem_id="chat-input",
+        file_types=["image"],
+        file_count="multiple",
+        sources=["upload"],
+        placeholder="Message… (Enter to send, Shift+Enter for a new line; paste or drop images)",
+        show_label=False,
+        autofocus=True,
+        max_plain_text_length=settings.max_message_chars,
+    )
+    with gr.Row(elem_id="actions"):
+        stop_btn = gr.Button(
+            "■ Stop",
+            elem_id="stop",
+            visible=False,
+            variant="stop",
+            size="sm",
+            scale=0,
+            min_width=90,
+        )
+        retry_btn = gr.Button("↻ Retry", elem_id="retry", size="sm", scale=0, min_width=90)
+        undo_btn = gr.Button("↶ Undo", elem_id="undo", size="sm", scale=0, min_width=90)
+        detail = gr.Radio(
+            list(DETAILS),
+            value="auto",
+            label="Image detail · 图片精度",
+            elem_id="detail",
+            scale=0,
+            min_width=260,
+            container=False,
+        )
 
     turn_inputs = [role, custom_prompt, provider, model, detail]
     turn_outputs = [chatbot, conversation_id, chat_input]
@@ -570,7 +593,9 @@ def main(argv: list[str] | None = None) -> None:
         providers.default_id,
     )
     demo.queue(default_concurrency_limit=None)
-    demo.launch(**options)
+    demo.launch(
+        theme=gr.themes.Default(primary_hue="indigo", secondary_hue="slate"), css=CSS, **options
+    )
 
 
 if __name__ == "__main__":

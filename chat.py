@@ -277,6 +277,8 @@ class ChatService:
             await store.update_meta(cid, role=req.role, provider=provider.id, model=model)
         except HistoryUnavailable as exc:
             raise ChatError(f"{exc} Your message was not sent; send it again.") from None
+        except InvalidId:  # deleted meanwhile, or not this browser's
+            raise ChatError("That conversation is no longer available. Start a new chat.") from None
         async for update in self._answer(store, cid, provider, model, system_prompt, detail):
             update.receipts = user_message.get("receipts", [])
             yield update
@@ -394,6 +396,8 @@ class ChatService:
             message["usage"] = finished.usage
         try:
             await store.append_turn(cid, [message])
+        except InvalidId:  # the conversation was deleted while the answer streamed
+            log.info("answer for %s not saved: the conversation is gone", cid)
         except HistoryUnavailable as exc:
             log.warning("answer for %s not saved: %s", cid, exc)
             if update.status == "complete":
