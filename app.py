@@ -17,6 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
+import http_api
 from chat import (
     ChatError,
     ChatService,
@@ -568,7 +569,9 @@ def launch_options(args: argparse.Namespace) -> dict:
         "server_port": args.port,
         "share": args.share,
         "auth": auth,
-        "max_threads": 400,
+        "max_threads": settings.max_threads,
+        # Plain HTTP routes (seed-compatible /api/chat, /health) beside Gradio's, same port.
+        "app_kwargs": {"routes": http_api.routes(service)},
         "enable_monitoring": False,
         "max_file_size": f"{int(settings.max_image_mb)}mb",
     }
@@ -592,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         ", ".join(p.id for p in providers.enabled()),
         providers.default_id,
     )
-    demo.queue(default_concurrency_limit=None)
+    demo.queue(default_concurrency_limit=settings.concurrency_limit)
     demo.launch(
         theme=gr.themes.Default(primary_hue="indigo", secondary_hue="slate"), css=CSS, **options
     )

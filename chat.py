@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,8 @@ class TurnUpdate:
     provider: str = ""
     model: str = ""
     receipts: list[str] = field(default_factory=list)
+    usage: dict | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 def conversation_title(text: str, image_count: int) -> str:
@@ -279,7 +283,8 @@ class ChatService:
             raise ChatError(f"{exc} Your message was not sent; send it again.") from None
         except InvalidId:  # deleted meanwhile, or not this browser's
             raise ChatError("That conversation is no longer available. Start a new chat.") from None
-        async for update in self._answer(store, cid, provider, model, system_prompt, detail):
+        answer = self._answer(store, cid, provider, model, system_prompt, detail, len(prepared))
+        async for update in answer:
             update.receipts = user_message.get("receipts", [])
             yield update
 
@@ -312,7 +317,8 @@ class ChatService:
                 await store.pop_messages(cid, trailing)
         except HistoryUnavailable as exc:
             raise ChatError(f"{exc} Try again in a moment.") from None
-        async for update in self._answer(store, cid, chosen, model_id, prompt, detail):
+        images = len(last_user.get("images") or [])
+        async for update in self._answer(store, cid, chosen, model_id, prompt, detail, images):
             yield update
 
     async def undo(self, cid: str) -> dict | None:
@@ -339,14 +345,17 @@ class ChatService:
         model: str,
         system_prompt: str,
         detail: str,
+        image_count: int = 0,
     ) -> AsyncIterator[TurnUpdate]:
         update = TurnUpdate(conversation_id=cid, provider=provider.id, model=model)
         finished: Finished | None = None
+        started, first_token = time.monotonic(), None
         try:
             messages = await self._context(store, cid, provider, model, system_prompt, detail)
             yield update
             events = self.providers.stream(provider.id, model, messages)
             async for batch in coalesce(events, self.stream_interval):
+                first_token = first_token or time.monotonic()
                 for event in batch:
                     if isinstance(event, ContentDelta):
                         update.answer += event.text
@@ -371,7 +380,9 @@ class ChatService:
             raise
         finally:
             # Shielded: a Stop cancels this task, but the partial answer must still be saved.
+            update.usage = finished.usage if finished else None
             await asyncio.shield(self._save_answer(store, cid, update, finished))
+            log_turn(update, image_count, started, first_token)
         update.done = True
         yield update
 
@@ -500,6 +511,24 @@ class ChatService:
         await asyncio.to_thread(tmp.write_bytes, stored[0])
         tmp.replace(path)
         return str(path)
+
+
+def log_turn(update: TurnUpdate, images: int, started: float, first_token: float | None) -> None:
+    """One structured line per turn; never the message text or a key."""
+    now = time.monotonic()
+    record = {
+        "event": "chat_turn",
+        "request_id": update.request_id,
+        "conversation": update.conversation_id[:8],
+        "provider": update.provider,
+        "model": update.model,
+        "images": images,
+        "tokens": (update.usage or {}).get("total_tokens"),
+        "ttft_ms": round((first_token - started) * 1000) if first_token else None,
+        "duration_ms": round((now - started) * 1000),
+        "outcome": update.status if update.error != "Stopped." else "stopped",
+    }
+    log.info(json.dumps(record))
 
 
 def image_ref(image: PreparedImage) -> dict:

@@ -110,6 +110,8 @@ class Settings:
     max_message_chars: int = 20_000
     provider_timeout_s: float = 60.0
     app_auth: str | None = None
+    max_threads: int = 400
+    concurrency_limit: int | None = None  # per event; None = no limit (streaming is I/O-bound)
 
     @property
     def history_ttl_seconds(self) -> int:
@@ -134,4 +136,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 20_000, minimum=1),
         provider_timeout_s=_float(env, "PROVIDER_TIMEOUT_SECONDS", 60.0, minimum=1),
         app_auth=(env.get("APP_AUTH") or "").strip() or None,
+        max_threads=_int(env, "MAX_THREADS", 400, minimum=1),
+        concurrency_limit=_int(env, "CONCURRENCY_LIMIT", 0, minimum=0) or None,
     )
