@@ -6,11 +6,13 @@ Run `python app.py` (see --help), `gradio app.py` for reload mode, or deploy as 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -292,6 +294,72 @@ async def delete_current(cid: str, state: dict):
     return [], "", state, gr.Radio(choices=listing.choices, value=None)
 
 
+def title_of(meta: dict | None) -> str:
+    return (meta or {}).get("title", "")
+
+
+async def show_current(cid: str):
+    """The open conversation's title; previous exports are hidden."""
+    meta = await (await service.store()).get_meta(cid) if cid else None
+    return gr.Textbox(value=title_of(meta)), gr.File(value=None, visible=False)
+
+
+async def rename(cid: str, new_title: str, state: dict):
+    browser_id = browser_id_of(state)
+    title = " ".join((new_title or "").split())[:80]
+    store = await service.store()
+    if not (cid and title and await store.owns(browser_id, cid)):
+        return gr.skip()
+    await store.update_meta(cid, title=title)
+    gr.Info(f"Renamed to “{title}”.")
+    listing = await conversation_list(browser_id)
+    return gr.Radio(choices=listing.choices, value=cid)
+
+
+def export_dir() -> Path:
+    path = upload_dir() / "chat-exports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def export_files(cid: str, state: dict):
+    """Markdown and JSON (with images) files of the open conversation, for download."""
+    store = await service.store()
+    if not (cid and await store.owns(browser_id_of(state), cid)):
+        gr.Info("Send a message first: there is nothing to export yet.")
+        return gr.File(visible=False)
+    data = await store.export_json(cid)
+    markdown = await store.export_markdown(cid)
+    stem = export_dir() / f"chat-{cid[:8]}-{int(time.time())}"
+    Path(f"{stem}.md").write_text(markdown or "", encoding="utf-8")
+    Path(f"{stem}.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return gr.File(value=[f"{stem}.md", f"{stem}.json"], visible=True)
+
+
+async def import_file(file: str | None, state: dict):
+    """A JSON export becomes a new conversation of this browser, and is opened."""
+    browser_id = browser_id_of(state)
+    try:
+        cid = await import_conversation_text(Path(file).read_text(encoding="utf-8"), browser_id)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        gr.Warning(f"Import failed: {exc}")
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    gr.Info("Conversation imported.")
+    listing = await conversation_list(browser_id)
+    state = {"browser_id": browser_id, "conversation_id": cid}
+    return await service.display(cid), cid, state, gr.Radio(choices=listing.choices, value=cid)
+
+
+async def import_conversation_text(text: str, browser_id: str | None) -> str:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
+    if not isinstance(data, dict):
+        raise ValueError("that JSON is not a conversation export.")
+    return await (await service.store()).import_json(data, browser_id)
+
+
 # -- the public API (mirrors the seed service's REST endpoints) ------------------------------
 async def api_chat(
     message: str,
@@ -347,6 +415,34 @@ async def api_delete_conversation(conversation_id: str) -> str:
     )
 
 
+async def api_export_conversation(conversation_id: str, format: str = "json") -> str:
+    """A conversation as JSON (images included, base64) or Markdown text."""
+    cid = (conversation_id or "").strip()
+    if not is_valid_id(cid):
+        raise gr.Error(
+            "That conversation id is not valid (32 hexadecimal characters).", print_exception=False
+        )
+    if format not in ("json", "markdown"):
+        raise gr.Error('format must be "json" or "markdown".', print_exception=False)
+    store = await service.store()
+    if format == "markdown":
+        text = await store.export_markdown(cid)
+    else:
+        data = await store.export_json(cid)
+        text = json.dumps(data, ensure_ascii=False) if data is not None else None
+    if text is None:
+        raise gr.Error("No such conversation (it may have expired).", print_exception=False)
+    return text
+
+
+async def api_import_conversation(data: str) -> str:
+    """Import a JSON export as a new conversation; returns its id."""
+    try:
+        return await import_conversation_text(data or "", None)
+    except ValueError as exc:
+        raise gr.Error(f"Import failed: {exc}", print_exception=False) from None
+
+
 def api_roles() -> list[dict]:
     """The roles (personas): [{id, name, prompt}]."""
     return [role.public_info() for role in ROLES.values()]
@@ -378,9 +474,27 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         conversations = gr.Radio(
             label="This browser's chats", choices=[], elem_id="conversations", show_label=False
         )
-        delete_btn = gr.Button(
-            "Delete this chat", size="sm", variant="secondary", elem_id="delete-chat"
-        )
+        with gr.Accordion("This chat · 当前对话", open=False, elem_id="chat-tools"):
+            title = gr.Textbox(
+                label="Title · 标题",
+                elem_id="chat-title",
+                max_lines=1,
+                placeholder="Rename this chat, then press Enter",
+            )
+            export_btn = gr.Button("Export · 导出", size="sm", elem_id="export")
+            exported = gr.File(
+                label="Downloads",
+                visible=False,
+                elem_id="exported",
+                file_count="multiple",
+                interactive=False,
+            )
+            import_btn = gr.UploadButton(
+                "Import JSON · 导入", file_types=[".json"], size="sm", elem_id="import"
+            )
+            delete_btn = gr.Button(
+                "Delete this chat · 删除", size="sm", variant="stop", elem_id="delete-chat"
+            )
         gr.Markdown(status_markdown(), elem_id="status")
 
     with gr.Row(equal_height=True):
@@ -440,12 +554,13 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         retry_btn = gr.Button("↻ Retry", elem_id="retry", size="sm", scale=0, min_width=90)
         undo_btn = gr.Button("↶ Undo", elem_id="undo", size="sm", scale=0, min_width=90)
         detail = gr.Radio(
-            list(DETAILS),
+            # The label is not shown without a container: say it in the first choice.
+            [("image detail: auto" if d == "auto" else d, d) for d in DETAILS],
             value="auto",
             label="Image detail · 图片精度",
             elem_id="detail",
             scale=0,
-            min_width=260,
+            min_width=320,
             container=False,
         )
 
@@ -492,6 +607,15 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [chatbot, conversation_id, browser, role, provider, model],
         **PRIVATE,
     )
+    conversation_id.change(show_current, conversation_id, [title, exported], **PRIVATE)
+    title.submit(rename, [conversation_id, title, browser], conversations, **PRIVATE)
+    export_btn.click(export_files, [conversation_id, browser], exported, **PRIVATE)
+    import_btn.upload(
+        import_file,
+        [import_btn, browser],
+        [chatbot, conversation_id, browser, conversations],
+        **PRIVATE,
+    )
     delete_btn.click(
         delete_current,
         [conversation_id, browser],
@@ -528,6 +652,8 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     )
     gr.api(api_history, api_name="history")
     gr.api(api_delete_conversation, api_name="delete_conversation")
+    gr.api(api_export_conversation, api_name="export_conversation")
+    gr.api(api_import_conversation, api_name="import_conversation")
     gr.api(api_roles, api_name="roles")
     gr.api(api_providers, api_name="providers")
 
