@@ -18,19 +18,25 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
+from gradio.data_classes import ListFiles
+from pydantic import ValidationError
+from starlette.middleware import Middleware
 
 import http_api
 from chat import (
     ChatError,
     ChatService,
     TurnRequest,
+    conversation_usage,
     display_answer,
     display_user,
 )
 from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings, load_settings
 from history import HistoryUnavailable, app_secret_from_redis, is_valid_id, new_id
 from images import DETAILS
+from limits import BodySizeLimit, as_text, client_ip, max_body_bytes
 from providers import Providers
+from ui_text import I18N, i18n
 
 log = logging.getLogger("app")
 STORAGE_KEY = "mmchat-browser"
@@ -59,7 +65,9 @@ def upload_dir() -> Path:
 
 
 settings = load_settings()
-providers = Providers(timeout_s=settings.provider_timeout_s)
+providers = Providers(
+    timeout_s=settings.provider_timeout_s, connect_timeout_s=settings.provider_connect_timeout_s
+)
 service = ChatService(settings, providers, image_dir=upload_dir() / "chat-images")
 
 
@@ -68,8 +76,19 @@ def role_choices() -> list[tuple[str, str]]:
     return [(role.name, role.id) for role in ROLES.values()] + [("Custom · 自定义", CUSTOM_ROLE)]
 
 
-def provider_choices() -> list[tuple[str, str]]:
-    return [(p.name, p.id) for p in providers.enabled()]
+def provider_choices(keys: dict | None = None) -> list[tuple[str, str]]:
+    """Enabled providers, plus those this user brought a key for."""
+    own = user_keys(keys)
+    return [
+        (p.name if p.enabled else f"{p.name} (your key)", p.id)
+        for p in providers.all()
+        if p.enabled or p.id in own
+    ]
+
+
+def byok_providers() -> list:
+    """Providers a user can enable with their own key (those with a key variable)."""
+    return [p for p in providers.all() if p.key_env and p.base_url]
 
 
 def model_choices(provider_id: str) -> list[tuple[str, str]]:
@@ -78,18 +97,16 @@ def model_choices(provider_id: str) -> list[tuple[str, str]]:
 
 
 def status_markdown() -> str:
-    store = (
-        "Redis (`REDIS_URL`)"
-        if settings.redis_url
-        else (
-            "**in memory**: conversations are lost when the app restarts. "
-            "Set `REDIS_URL` to keep them"
-        )
-    )
+    # One translated key, first (the frontend translates one per string), then live data.
+    store = i18n("status_redis" if settings.redis_url else "status_memory")
     enabled = ", ".join(p.name for p in providers.enabled())
     hints = "\n".join(f"- {p.name}: {p.hint}" for p in providers.all() if not p.enabled)
-    more = f"\n\n<details><summary>More providers</summary>\n\n{hints}\n</details>" if hints else ""
-    return f"**History:** {store}.  \n**Providers:** {enabled}. 👁 = sees images.{more}"
+    more = (
+        f"\n\n<details><summary>More providers · 更多服务商</summary>\n\n{hints}\n</details>"
+        if hints
+        else ""
+    )
+    return f"{store} {enabled}.{more}"
 
 
 # -- UI handlers (private: the public API is below) ----------------------------------------
@@ -104,7 +121,7 @@ async def conversation_list(browser_id: str) -> gr.Radio:
     return gr.Radio(choices=[(c.get("title") or "New chat", c["id"]) for c in items])
 
 
-async def on_load(state: dict | None):
+async def on_load(state: dict | None, keys: dict | None, prompts: dict | None):
     """Give the browser its id and reopen the conversation it had open."""
     browser_id = browser_id_of(state)
     cid = (state or {}).get("conversation_id", "")
@@ -124,22 +141,79 @@ async def on_load(state: dict | None):
         cid,
         shown,
         gr.Radio(choices=listing.choices, value=cid or None),
-        *settings_for(meta),
+        *settings_for(meta, keys),
+        gr.Dropdown(choices=sorted(prompts or {}), value=None),
     )
 
 
-def settings_for(meta: dict) -> tuple:
-    """Role/provider/model dropdowns as the conversation left them (or the defaults)."""
+def meta_number(meta: dict, name: str, default: float) -> float:
+    try:
+        return float(meta.get(name) or default)
+    except ValueError:
+        return default
+
+
+def settings_for(meta: dict, keys: dict | None = None) -> tuple:
+    """Role, provider, model and sampling as the conversation left them (or the defaults)."""
     role = meta.get("role") if meta.get("role") in {*ROLES, CUSTOM_ROLE} else DEFAULT_ROLE
+    choices = provider_choices(keys)
     provider_id = meta.get("provider", "")
-    if provider_id not in {p.id for p in providers.enabled()}:
+    if provider_id not in {pid for _, pid in choices}:
         provider_id = providers.default_id
     model = meta.get("model") or providers.get(provider_id).default_model
     return (
         gr.Dropdown(value=role),
-        gr.Dropdown(value=provider_id),
+        gr.Dropdown(choices=choices, value=provider_id),
         gr.Dropdown(choices=model_choices(provider_id), value=model),
+        gr.Slider(value=meta_number(meta, "temperature", 0.7)),
+        gr.Slider(value=meta_number(meta, "top_p", 1.0)),
+        gr.Number(value=int(meta_number(meta, "max_tokens", 0))),
     )
+
+
+def save_keys(keys: dict | None, provider_id: str, *typed: str):
+    """Keep the typed keys in this browser; their providers become selectable for this user."""
+    kept = user_keys(keys)
+    for spec, key in zip(byok_providers(), typed, strict=True):
+        if (key or "").strip():
+            kept[spec.id] = key.strip()
+    gr.Info(f"Using your keys for: {', '.join(sorted(kept)) or 'none'}.")
+    cleared = [
+        gr.Textbox(value="", placeholder="saved ✓" if p.id in kept else "sk-…")
+        for p in byok_providers()
+    ]
+    return kept, gr.Dropdown(choices=provider_choices(kept), value=provider_id), *cleared
+
+
+def forget_keys(provider_id: str):
+    gr.Info("Your keys were removed from this browser.")
+    choices = provider_choices({})
+    if provider_id not in {pid for _, pid in choices}:
+        provider_id = providers.default_id
+    cleared = [gr.Textbox(value="", placeholder="sk-…") for _ in byok_providers()]
+    return {}, gr.Dropdown(choices=choices, value=provider_id), *cleared
+
+
+async def check_all(keys: dict | None) -> str:
+    """The provider check (as `python app.py --check`), with this user's keys too."""
+    from check import check_providers, format_table
+
+    results = await check_providers(providers, api_keys=user_keys(keys))
+    return format_table(results)
+
+
+def use_saved_prompt(name: str, prompts: dict | None) -> str:
+    return (prompts or {}).get(name, gr.skip())
+
+
+def save_prompt(name: str, prompt: str, prompts: dict | None):
+    name, prompt = " ".join((name or "").split())[:60], (prompt or "").strip()
+    if not name or not prompt:
+        gr.Warning("Write a prompt and give it a name to save it.")
+        return gr.skip(), gr.skip()
+    saved = {**(prompts or {}), name: prompt}
+    gr.Info(f"Saved “{name}” in this browser.")
+    return saved, gr.Dropdown(choices=sorted(saved), value=name)
 
 
 def on_provider_change(provider_id: str) -> gr.Dropdown:
@@ -147,15 +221,16 @@ def on_provider_change(provider_id: str) -> gr.Dropdown:
     return gr.Dropdown(choices=model_choices(provider_id), value=provider.default_model)
 
 
-def on_role_change(role: str) -> gr.Textbox:
-    return gr.Textbox(visible=role == CUSTOM_ROLE)
+def on_role_change(role: str) -> gr.Group:
+    return gr.Group(visible=role == CUSTOM_ROLE)
 
 
 def busy(is_busy: bool) -> tuple:
-    """Input, Stop, Retry and Undo while an answer streams (busy) or not."""
+    """Input, Stop, Retry, Undo and Compare while an answer streams (busy) or not."""
     return (
         gr.MultimodalTextbox(interactive=not is_busy),
         gr.Button(visible=is_busy),
+        gr.Button(interactive=not is_busy),
         gr.Button(interactive=not is_busy),
         gr.Button(interactive=not is_busy),
     )
@@ -172,6 +247,7 @@ async def stream_into_chat(shown: list[dict], updates, failed_input=None):
                 status=update.status,
                 error=update.error,
                 streaming=not update.done,
+                usage=update.usage if update.done else None,
             )
             yield [*shown, *answer], update.conversation_id, gr.MultimodalTextbox()
         if update is not None and update.error:
@@ -186,16 +262,37 @@ async def stream_into_chat(shown: list[dict], updates, failed_input=None):
         yield [*shown, *notice], gr.skip(), restored
 
 
-async def respond(
-    message: dict,
-    cid: str,
+def turn_options(
     role: str,
     prompt: str,
     provider: str,
     model: str,
     detail: str,
-    state: dict,
-):
+    temperature: float,
+    top_p: float,
+    max_tokens: float,
+    keys: dict | None,
+) -> TurnRequest:
+    """The settings a turn is answered with, from the UI's controls."""
+    return TurnRequest(
+        role=role,
+        system_prompt=prompt if role == CUSTOM_ROLE else "",
+        provider=provider,
+        model=model,
+        detail=detail,
+        temperature=float(temperature) if temperature is not None else None,
+        top_p=float(top_p) if top_p is not None and float(top_p) < 1 else None,
+        max_tokens=int(max_tokens) if max_tokens else None,
+        api_keys=user_keys(keys),
+    )
+
+
+def user_keys(keys: dict | None) -> dict[str, str]:
+    """The user's own keys (bring your own key) from this browser's encrypted storage."""
+    return {pid: key for pid, key in (keys or {}).items() if isinstance(key, str) and key}
+
+
+async def respond(message: dict, cid: str, state: dict, http: gr.Request, *options):
     text, files = (message or {}).get("text", ""), (message or {}).get("files", [])
     paths = [f if isinstance(f, str) else f.get("path", "") for f in files]
     try:
@@ -204,37 +301,60 @@ async def respond(
         shown = []
     shown += display_user(text, paths)
     yield shown, cid, gr.MultimodalTextbox(value=None)
-    request = TurnRequest(
-        text=text,
-        images=paths,
-        role=role,
-        system_prompt=prompt if role == CUSTOM_ROLE else "",
-        provider=provider,
-        model=model,
-        detail=detail,
-        conversation_id=cid,
-        browser_id=browser_id_of(state),
-    )
+    request = turn_options(*options)
+    request.text, request.images, request.conversation_id = text, paths, cid
+    request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
     async for out in stream_into_chat(shown, service.turn(request), failed_input=message):
         yield out
 
 
-async def retry(cid: str, role: str, prompt: str, provider: str, model: str, detail: str):
+async def retry(
+    cid: str, state: dict, http: gr.Request, *options, keep_previous: bool = False
+):
+    """Answer the last message again: replacing the last answer, or beside it (compare)."""
     if not cid:
-        gr.Info("Nothing to retry yet.")
+        gr.Info("Nothing to answer again yet: send a message first.")
         return
-    shown = await service.display(cid)
-    while shown and shown[-1]["role"] == "assistant":
-        shown.pop()
-    updates = service.retry(
-        cid,
-        role=role,
-        system_prompt=prompt if role == CUSTOM_ROLE else "",
-        provider=provider,
-        model=model,
-        detail=detail,
-    )
+    try:
+        shown = await service.display(cid)
+    except (ChatError, HistoryUnavailable) as exc:
+        gr.Warning(str(exc))  # a toast, not Gradio's error overlay over the chat
+        return
+    if not keep_previous:
+        while shown and shown[-1]["role"] == "assistant":
+            shown.pop()
+    request = turn_options(*options)
+    request.conversation_id, request.browser_id = cid, browser_id_of(state)
+    request.client_ip = client_ip(http)
+    updates = service.retry(request, keep_previous=keep_previous)
     async for out in stream_into_chat(shown, updates):
+        yield out
+
+
+async def compare(cid: str, state: dict, http: gr.Request, *options):
+    async for out in retry(cid, state, http, *options, keep_previous=True):
+        yield out
+
+
+async def edit(edited: gr.EditData, cid: str, state: dict, http: gr.Request, *options):
+    """The user edited one of their messages in the chat: answer again from there."""
+    shown, positions = await service.display_indexed(cid)
+    index = edited.index if isinstance(edited.index, int) else edited.index[0]
+    if not cid or not 0 <= index < len(positions):
+        return
+    text = edited.value if isinstance(edited.value, str) else str(edited.value or "")
+    position = positions[index]
+    kept = [m for m, p in zip(shown, positions, strict=True) if p < position]
+    user = [m for m, p in zip(shown, positions, strict=True) if p == position][:1]
+    if user:
+        user[0]["content"] = [
+            part if part.get("type") != "text" else {**part, "text": text}
+            for part in user[0]["content"]
+        ]
+    request = turn_options(*options)
+    request.text, request.conversation_id = text, cid
+    request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
+    async for out in stream_into_chat([*kept, *user], service.edit(request, position)):
         yield out
 
 
@@ -262,20 +382,26 @@ async def after_turn(cid: str, state: dict):
         shown = await service.display(cid) if cid else gr.skip()
         listing = await conversation_list(browser_id)
         listing = gr.Radio(choices=listing.choices, value=cid or None)
+        usage = await usage_markdown(cid)
     except (ChatError, HistoryUnavailable) as exc:
         gr.Warning(str(exc))
-        shown, listing = gr.skip(), gr.skip()
-    return (shown, listing, state, *busy(False))
+        shown, listing, usage = gr.skip(), gr.skip(), gr.skip()
+    return (shown, listing, state, usage, *busy(False))
 
 
-async def open_conversation(cid: str, state: dict):
+async def usage_markdown(cid: str) -> str:
+    line = conversation_usage(await service.history(cid)) if cid else ""
+    return f"**Usage · 用量:** {line}" if line else ""
+
+
+async def open_conversation(cid: str, state: dict, keys: dict | None):
     browser_id = browser_id_of(state)
     store = await service.store()
     if not cid or not await store.owns(browser_id, cid):
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(),) * 9
     meta = await store.get_meta(cid) or {}
     state = {"browser_id": browser_id, "conversation_id": cid}
-    return (await service.display(cid), cid, state, *settings_for(meta))
+    return (await service.display(cid), cid, state, *settings_for(meta, keys))
 
 
 def new_chat(state: dict):
@@ -301,7 +427,8 @@ def title_of(meta: dict | None) -> str:
 async def show_current(cid: str):
     """The open conversation's title; previous exports are hidden."""
     meta = await (await service.store()).get_meta(cid) if cid else None
-    return gr.Textbox(value=title_of(meta)), gr.File(value=None, visible=False)
+    usage = await usage_markdown(cid) if meta else ""
+    return gr.Textbox(value=title_of(meta)), gr.File(value=None, visible=False), usage
 
 
 async def rename(cid: str, new_title: str, state: dict):
@@ -370,6 +497,7 @@ async def api_chat(
     conversation_id: str = "",
     system_prompt: str = "",
     detail: str = "auto",
+    http: gr.Request | None = None,
 ):
     """Stream an answer: yields (reply_so_far, conversation_id). Empty id = new conversation."""
     request = TurnRequest(
@@ -380,7 +508,8 @@ async def api_chat(
         provider=provider or "",
         model=model or "",
         detail=detail or "auto",
-        conversation_id=(conversation_id or "").strip(),
+        conversation_id=as_text(conversation_id),
+        client_ip=client_ip(http),  # an API caller has no browser: limited by its address
     )
     try:
         async for update in service.turn(request):
@@ -394,14 +523,14 @@ async def api_chat(
 async def api_history(conversation_id: str) -> list[dict]:
     """The messages of a conversation: [{role, content, images, ...}]; [] for an unknown id."""
     try:
-        return await service.history((conversation_id or "").strip())
+        return await service.history(as_text(conversation_id))
     except (ChatError, HistoryUnavailable) as exc:
         raise gr.Error(str(exc), print_exception=False) from None
 
 
 async def api_delete_conversation(conversation_id: str) -> str:
     """Delete a conversation and its messages."""
-    cid = (conversation_id or "").strip()
+    cid = as_text(conversation_id)
     if not is_valid_id(cid):
         raise gr.Error(
             "That conversation id is not valid (32 hexadecimal characters).", print_exception=False
@@ -417,7 +546,7 @@ async def api_delete_conversation(conversation_id: str) -> str:
 
 async def api_export_conversation(conversation_id: str, format: str = "json") -> str:
     """A conversation as JSON (images included, base64) or Markdown text."""
-    cid = (conversation_id or "").strip()
+    cid = as_text(conversation_id)
     if not is_valid_id(cid):
         raise gr.Error(
             "That conversation id is not valid (32 hexadecimal characters).", print_exception=False
@@ -453,97 +582,196 @@ def api_providers() -> list[dict]:
     return [p.public_info() for p in providers.all()]
 
 
+class ApiImages(gr.File):
+    """/chat's `images` input: a gr.File (gradio_client uploads handle_file() values) that
+    refuses junk (images=5, a bare path string) with a clear gr.Error. Gradio's own check
+    fails with a generic "the app raised an exception" and a traceback in the log."""
+
+    is_template = True  # the browser renders it as a plain File (it is hidden anyway)
+
+    def __init__(self) -> None:
+        super().__init__(file_count="multiple", file_types=["image"])
+        self.data_model = None  # validated in preprocess, where a gr.Error reaches the caller
+
+    def api_info(self) -> dict:
+        schema = ListFiles.model_json_schema()
+        schema["additional_description"] = schema.pop("description", None)
+        return schema
+
+    def preprocess(self, payload):
+        if payload is None or payload == []:
+            return None
+        try:
+            files = ListFiles.model_validate(payload, context={"validate_meta": True})
+        except ValidationError:
+            raise gr.Error(
+                "images must be a list of uploaded image files: pass each one as "
+                "handle_file(path) with gradio_client.",
+                print_exception=False,
+            ) from None
+        return super().preprocess(files)
+
+
 # -- layout and wiring ---------------------------------------------------------------------
 PRIVATE = {"api_visibility": "private"}
 CSS = """
 #actions { align-items: center; gap: 8px; }
 #status { font-size: 0.85em; opacity: 0.85; }
+/* Images in the chat are previews (a click opens them full screen), not a wall of pixels. */
+#chatbot .image-frame img { max-height: 220px; width: auto; max-width: 100%; object-fit: contain; }
+/* The conversation list: one title per line, and no empty box before the first chat. */
+#conversations:not(:has(label)) { display: none; }
+#conversations .wrap { flex-direction: column; gap: 4px; }
+#conversations label { width: 100%; }
+#conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+@media (max-width: 767px) {
+  #chatbot { min-height: 300px; }
+  #actions { flex-wrap: wrap; }
+}
 """
+# Phones: the sidebar would cover the whole chat, so it starts closed there, and picking a
+# conversation (or New chat) closes it again. Runs once on page load (launch(js=...)).
+NARROW_SCREEN_JS = """
+() => {
+  const narrow = () => window.innerWidth < 768;
+  // True once it clicked: the sidebar gets its "open" class a moment after it mounts.
+  const close = () => {
+    const bar = document.querySelector('#sidebar');
+    if (!bar || !bar.classList.contains('open')) return false;
+    bar.querySelector('.toggle-button')?.click();
+    return true;
+  };
+  if (narrow()) {
+    let tries = 0;
+    const timer = setInterval(() => { if (close() || ++tries > 100) clearInterval(timer); }, 50);
+  }
+  document.addEventListener('click', (event) => {
+    if (narrow() && event.target.closest('#conversations label, #new-chat')) {
+      setTimeout(close, 150);
+    }
+  });
+}
+"""
+# Shown in the empty chat; a click puts the example into the input box (Enter sends it).
+EXAMPLES = [
+    {
+        "text": "What is in this picture? Describe its colours and mood.",
+        "files": [str(Path(__file__).resolve().parent / "examples" / "sunset.jpg")],
+        "display_text": "🖼️ What is in this picture?",
+    },
+    {"text": "用简单的话解释什么是量子纠缠，再举一个生活中的类比。"},
+    {
+        "text": "Write a Python function that checks whether a string is a palindrome, "
+        "ignoring case and punctuation, with a few tests.",
+        "display_text": "💻 Python: a palindrome check, with tests",
+    },
+    {"text": "Solve step by step: $x^2 - 5x + 6 = 0$", "display_text": "➗ Solve x² − 5x + 6 = 0"},
+]
+
+
+def use_example(evt: gr.SelectData) -> gr.MultimodalTextbox:
+    example = evt.value if isinstance(evt.value, dict) else {}
+    files = [f.get("path") if isinstance(f, dict) else f for f in example.get("files") or []]
+    return gr.MultimodalTextbox(value={"text": example.get("text", ""), "files": files})
+
+
+SECRET = browser_secret(settings)
 
 with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as demo:
     browser = gr.BrowserState(
         {"browser_id": "", "conversation_id": ""},
         storage_key=STORAGE_KEY,
-        secret=browser_secret(settings),
+        secret=SECRET,
     )
+    # The user's own API keys and saved prompts live only in this browser (encrypted).
+    keys_state = gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-keys", secret=SECRET)
+    prompts_state = gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-prompts", secret=SECRET)
     conversation_id = gr.State("")
 
     with gr.Sidebar(open=True, elem_id="sidebar"):
-        gr.Markdown("### Conversations · 对话")
-        new_chat_btn = gr.Button("＋ New chat · 新对话", elem_id="new-chat", variant="primary")
+        gr.Markdown(i18n("conversations"))
+        new_chat_btn = gr.Button(i18n("new_chat"), elem_id="new-chat", variant="primary")
         conversations = gr.Radio(
             label="This browser's chats", choices=[], elem_id="conversations", show_label=False
         )
-        with gr.Accordion("This chat · 当前对话", open=False, elem_id="chat-tools"):
+        with gr.Accordion(i18n("this_chat"), open=False, elem_id="chat-tools"):
             title = gr.Textbox(
-                label="Title · 标题",
+                label=i18n("title"),
                 elem_id="chat-title",
                 max_lines=1,
-                placeholder="Rename this chat, then press Enter",
+                placeholder=i18n("title_placeholder"),
             )
-            export_btn = gr.Button("Export · 导出", size="sm", elem_id="export")
+            export_btn = gr.Button(i18n("export"), size="sm", elem_id="export")
             exported = gr.File(
-                label="Downloads",
+                label=i18n("downloads"),
                 visible=False,
                 elem_id="exported",
                 file_count="multiple",
                 interactive=False,
             )
             import_btn = gr.UploadButton(
-                "Import JSON · 导入", file_types=[".json"], size="sm", elem_id="import"
+                i18n("import"), file_types=[".json"], size="sm", elem_id="import"
             )
-            delete_btn = gr.Button(
-                "Delete this chat · 删除", size="sm", variant="stop", elem_id="delete-chat"
-            )
+            delete_btn = gr.Button(i18n("delete"), size="sm", variant="stop", elem_id="delete-chat")
+            usage_total = gr.Markdown(elem_id="usage-total")
         gr.Markdown(status_markdown(), elem_id="status")
 
     with gr.Row(equal_height=True):
-        role = gr.Dropdown(role_choices(), value=DEFAULT_ROLE, label="Role · 角色", elem_id="role")
+        role = gr.Dropdown(role_choices(), value=DEFAULT_ROLE, label=i18n("role"), elem_id="role")
         provider = gr.Dropdown(
             provider_choices(),
             value=providers.default_id,
-            label="Provider · 服务商",
+            label=i18n("provider"),
             elem_id="provider",
         )
         model = gr.Dropdown(
             model_choices(providers.default_id),
             value=providers.get(providers.default_id).default_model,
-            label="Model · 模型 (👁 sees images)",
+            label=i18n("model"),
             elem_id="model",
             allow_custom_value=True,
         )
-    custom_prompt = gr.Textbox(
-        label="Custom system prompt · 自定义系统提示词",
-        lines=2,
-        visible=False,
-        elem_id="custom-prompt",
-        placeholder="You are a… · 你是一位……",
-    )
+    with gr.Group(visible=False) as custom_group:
+        custom_prompt = gr.Textbox(
+            label=i18n("custom_prompt"),
+            lines=2,
+            elem_id="custom-prompt",
+            placeholder=i18n("custom_prompt_placeholder"),
+        )
+        with gr.Row(equal_height=True):
+            saved_prompt = gr.Dropdown(
+                [], label="Saved prompts · 已保存", elem_id="saved-prompts", scale=2
+            )
+            prompt_name = gr.Textbox(
+                label="Save as · 保存为", placeholder="Name", elem_id="prompt-name", scale=2
+            )
+            save_prompt_btn = gr.Button("Save · 保存", elem_id="save-prompt", scale=1)
     chatbot = gr.Chatbot(
         elem_id="chatbot",
-        label="Chat",
+        label=i18n("chat"),
+        examples=EXAMPLES,
         show_label=False,
         buttons=["copy", "copy_all"],
         latex_delimiters=LATEX,
+        editable="user",
         scale=1,
         min_height=360,
         autoscroll=True,
-        placeholder="**Ask anything**, or drop images here to talk about them.<br>"
-        "问点什么吧，也可以拖入或粘贴图片。",
+        placeholder=i18n("chat_placeholder"),
     )
     chat_input = gr.MultimodalTextbox(
         elem_id="chat-input",
         file_types=["image"],
         file_count="multiple",
         sources=["upload"],
-        placeholder="Message… (Enter to send, Shift+Enter for a new line; paste or drop images)",
+        placeholder=i18n("input_placeholder"),
         show_label=False,
         autofocus=True,
         max_plain_text_length=settings.max_message_chars,
     )
     with gr.Row(elem_id="actions"):
         stop_btn = gr.Button(
-            "■ Stop",
+            i18n("stop"),
             elem_id="stop",
             visible=False,
             variant="stop",
@@ -551,38 +779,117 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
             scale=0,
             min_width=90,
         )
-        retry_btn = gr.Button("↻ Retry", elem_id="retry", size="sm", scale=0, min_width=90)
-        undo_btn = gr.Button("↶ Undo", elem_id="undo", size="sm", scale=0, min_width=90)
+        retry_btn = gr.Button(i18n("retry"), elem_id="retry", size="sm", scale=0, min_width=90)
+        undo_btn = gr.Button(i18n("undo"), elem_id="undo", size="sm", scale=0, min_width=90)
+        compare_btn = gr.Button(
+            "⇄ Compare",
+            elem_id="compare",
+            size="sm",
+            scale=0,
+            min_width=110,
+        )
         detail = gr.Radio(
             # The label is not shown without a container: say it in the first choice.
             [("image detail: auto" if d == "auto" else d, d) for d in DETAILS],
             value="auto",
-            label="Image detail · 图片精度",
+            label=i18n("detail"),
             elem_id="detail",
             scale=0,
             min_width=320,
             container=False,
         )
 
-    turn_inputs = [role, custom_prompt, provider, model, detail]
+    with gr.Accordion("Settings · 设置", open=False, elem_id="settings"):
+        with gr.Row():
+            temperature = gr.Slider(
+                0, 2, value=0.7, step=0.1, label="Temperature · 温度", elem_id="temperature"
+            )
+            top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+            max_tokens = gr.Number(
+                value=0,
+                minimum=0,
+                maximum=131072,
+                step=256,
+                precision=0,
+                label="Max tokens (0 = model default)",
+                elem_id="max-tokens",
+            )
+        gr.Markdown(
+            "**Your own API keys · 自己的密钥**: they enable that provider for you only, are "
+            "kept in this browser (encrypted), and are never stored on the server or logged."
+        )
+        with gr.Row():
+            key_boxes = [
+                gr.Textbox(
+                    label=f"{p.name} ({p.key_env})",
+                    type="password",
+                    elem_id=f"key-{p.id}",
+                    placeholder="sk-…",
+                    min_width=220,
+                )
+                for p in byok_providers()
+            ]
+        with gr.Row():
+            save_keys_btn = gr.Button("Use my keys · 使用", elem_id="save-keys", size="sm")
+            forget_keys_btn = gr.Button("Forget my keys · 清除", elem_id="forget-keys", size="sm")
+            check_btn = gr.Button("Check providers · 检查", elem_id="check-providers", size="sm")
+        check_result = gr.Markdown(elem_id="check-result")
+
+    turn_inputs = [
+        role,
+        custom_prompt,
+        provider,
+        model,
+        detail,
+        temperature,
+        top_p,
+        max_tokens,
+        keys_state,
+    ]
     turn_outputs = [chatbot, conversation_id, chat_input]
-    idle_outputs = [chatbot, conversations, browser, chat_input, stop_btn, retry_btn, undo_btn]
+    idle_outputs = [
+        chatbot,
+        conversations,
+        browser,
+        usage_total,
+        chat_input,
+        stop_btn,
+        retry_btn,
+        undo_btn,
+        compare_btn,
+    ]
+    settings_outputs = [role, provider, model, temperature, top_p, max_tokens]
 
     demo.load(
         on_load,
-        [browser],
-        [browser, conversation_id, chatbot, conversations, role, provider, model],
+        [browser, keys_state, prompts_state],
+        [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
         **PRIVATE,
     )
     provider.change(on_provider_change, provider, model, **PRIVATE)
-    role.change(on_role_change, role, custom_prompt, **PRIVATE)
+    role.change(on_role_change, role, custom_group, **PRIVATE)
+    saved_prompt.input(use_saved_prompt, [saved_prompt, prompts_state], custom_prompt, **PRIVATE)
+    save_prompt_btn.click(
+        save_prompt,
+        [prompt_name, custom_prompt, prompts_state],
+        [prompts_state, saved_prompt],
+        **PRIVATE,
+    )
+    save_keys_btn.click(
+        save_keys,
+        [keys_state, provider, *key_boxes],
+        [keys_state, provider, *key_boxes],
+        **PRIVATE,
+    )
+    forget_keys_btn.click(forget_keys, provider, [keys_state, provider, *key_boxes], **PRIVATE)
+    check_btn.click(check_all, keys_state, check_result, **PRIVATE)
 
     def wire_turn(trigger, fn, inputs):
         """A streaming turn: busy UI first, then the stream, then back to idle whatever happened."""
         started = trigger(
             lambda: busy(True),
             None,
-            [chat_input, stop_btn, retry_btn, undo_btn],
+            [chat_input, stop_btn, retry_btn, undo_btn, compare_btn],
             queue=False,
             **PRIVATE,
         )
@@ -591,23 +898,26 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         return streaming
 
     submitted = wire_turn(
-        chat_input.submit, respond, [chat_input, conversation_id, *turn_inputs, browser]
+        chat_input.submit, respond, [chat_input, conversation_id, browser, *turn_inputs]
     )
-    retried = wire_turn(retry_btn.click, retry, [conversation_id, *turn_inputs])
-    stop_btn.click(None, None, None, cancels=[submitted, retried], **PRIVATE)
+    retried = wire_turn(retry_btn.click, retry, [conversation_id, browser, *turn_inputs])
+    compared = wire_turn(compare_btn.click, compare, [conversation_id, browser, *turn_inputs])
+    edited = wire_turn(chatbot.edit, edit, [conversation_id, browser, *turn_inputs])
+    stop_btn.click(None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE)
     undo_btn.click(undo, conversation_id, [chatbot, chat_input], **PRIVATE).then(
         after_turn, [conversation_id, browser], idle_outputs, **PRIVATE
     )
     new_chat_btn.click(
         new_chat, browser, [chatbot, conversation_id, browser, conversations, chat_input], **PRIVATE
     )
+    chatbot.example_select(use_example, None, chat_input, **PRIVATE)
     conversations.input(
         open_conversation,
-        [conversations, browser],
-        [chatbot, conversation_id, browser, role, provider, model],
+        [conversations, browser, keys_state],
+        [chatbot, conversation_id, browser, *settings_outputs],
         **PRIVATE,
     )
-    conversation_id.change(show_current, conversation_id, [title, exported], **PRIVATE)
+    conversation_id.change(show_current, conversation_id, [title, exported, usage_total], **PRIVATE)
     title.submit(rename, [conversation_id, title, browser], conversations, **PRIVATE)
     export_btn.click(export_files, [conversation_id, browser], exported, **PRIVATE)
     import_btn.upload(
@@ -626,7 +936,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     # Public API: hidden components carry /chat's inputs so gradio_client uploads the images.
     with gr.Group(visible=False):
         api_message = gr.Textbox()
-        api_images = gr.File(file_count="multiple", file_types=["image"])
+        api_images = ApiImages()
         api_role = gr.Textbox(value=DEFAULT_ROLE)
         # A component's value is the API parameter's default (an empty value means required).
         api_provider, api_model = gr.Textbox(value=""), gr.Textbox(value="")
@@ -671,6 +981,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also open a public *.gradio.live link (use with --auth)",
     )
     parser.add_argument("--auth", help="require a login, as user:password (or set APP_AUTH)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="test every enabled provider (reachable, key, model, reply, image), print a "
+        "table with fixes and exit: 0 when all passed, 1 otherwise",
+    )
     return parser.parse_args(argv)
 
 
@@ -697,17 +1013,29 @@ def launch_options(args: argparse.Namespace) -> dict:
         "auth": auth,
         "max_threads": settings.max_threads,
         # Plain HTTP routes (seed-compatible /api/chat, /health) beside Gradio's, same port.
-        "app_kwargs": {"routes": http_api.routes(service)},
+        # Gradio API bodies are capped before they are read (a 500 MB "message" is refused
+        # with a 413, not parsed); uploads keep Gradio's own max_file_size below.
+        "app_kwargs": {
+            "routes": http_api.routes(service),
+            "middleware": [
+                Middleware(BodySizeLimit, max_bytes=max_body_bytes(settings.max_message_chars))
+            ],
+        },
         "enable_monitoring": False,
-        "max_file_size": f"{int(settings.max_image_mb)}mb",
+        # In bytes: "0mb" from int(MAX_IMAGE_MB=0.5) would refuse every upload.
+        "max_file_size": settings.max_image_bytes,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = parse_args(argv)
+    if args.check:  # before launch: the check prints its table and exits
+        import check
+
+        return check.cli(providers)
     options = launch_options(args)
     if settings.redis_url:
         log.info("History: Redis")
@@ -723,7 +1051,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
     demo.launch(
-        theme=gr.themes.Default(primary_hue="indigo", secondary_hue="slate"), css=CSS, **options
+        theme=gr.themes.Default(primary_hue="indigo", secondary_hue="slate"),
+        css=CSS,
+        js=NARROW_SCREEN_JS,
+        i18n=I18N,
+        **options,
     )
 
 

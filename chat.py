@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings
+from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings, load_prices, price_of
 from history import HistoryStore, HistoryUnavailable, InvalidId, is_valid_id
-from images import DETAILS, ImageRejected, PreparedImage, prepare_images, receipt_text
+from images import (
+    DETAILS,
+    ImageRejected,
+    PreparedImage,
+    estimate_image_tokens,
+    prepare_images,
+    receipt_text,
+)
+from limits import RateLimited, RateLimiter
 from providers import (
     ContentDelta,
     Finished,
@@ -38,6 +47,14 @@ class ChatError(Exception):
     """A refusal before anything was sent: str() is the user-facing message."""
 
 
+class ChatRateLimited(ChatError):
+    """Over the rate limit; `retry_after` whole seconds to wait (an HTTP API's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class TurnRequest:
     text: str = ""
@@ -49,6 +66,19 @@ class TurnRequest:
     detail: str = "auto"
     conversation_id: str = ""
     browser_id: str | None = None  # None: an API turn, not listed under any browser
+    client_ip: str | None = None  # for the per-IP rate limit only; never stored
+    temperature: float | None = None  # None: the provider's default
+    max_tokens: int | None = None
+    top_p: float | None = None
+    # The user's own keys (bring your own key), by provider id: used for this turn only,
+    # never stored or logged.
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def api_key(self, provider_id: str) -> str | None:
+        return (self.api_keys or {}).get(provider_id) or None
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p}
 
 
 @dataclass
@@ -66,6 +96,16 @@ class TurnUpdate:
     receipts: list[str] = field(default_factory=list)
     usage: dict | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    error_code: str | None = None  # ProviderError.code when a provider failed (HTTP API)
+
+
+@dataclass
+class InputMessage:
+    """One message of a client-sent conversation (HTTP API, stateless turns)."""
+
+    role: str  # system | user | assistant
+    text: str = ""
+    images: Sequence[tuple[str, bytes]] = ()  # (name, raw bytes); user messages only
 
 
 def conversation_title(text: str, image_count: int) -> str:
@@ -85,7 +125,8 @@ def system_prompt_for(role: str, custom_prompt: str = "") -> str:
         return ROLES[DEFAULT_ROLE].prompt
     if role not in ROLES:
         known = ", ".join([*ROLES, CUSTOM_ROLE])
-        raise ChatError(f"Unknown role {role!r}. Pick one of: {known}.")
+        # Truncated: the role may be an API caller's junk, and the message is shown and logged.
+        raise ChatError(f"Unknown role {str(role)[:40]!r}. Pick one of: {known}.")
     return ROLES[role].prompt
 
 
@@ -152,6 +193,7 @@ class ChatService:
         self.stream_interval = 0.05
         self._store: HistoryStore | None = None
         self._store_lock = asyncio.Lock()
+        self._limiter: RateLimiter | None = None
 
     # -- the store is opened lazily, on the serving event loop (redis.asyncio binds to it)
     async def store(self) -> HistoryStore:
@@ -171,6 +213,39 @@ class ChatService:
             await self._store.close()
             self._store = None
 
+    # -- abuse limits (limits.py) --------------------------------------------------------
+    async def check_rate(self, browser_id: str | None, client_ip: str | None) -> None:
+        """Count one message against the per-browser/per-IP limits, before anything is stored
+        or sent; raises ChatRateLimited ("wait N s"). Fails open when Redis is unreachable
+        (the history write that follows reports that). The HTTP API calls this too."""
+        try:
+            limiter = await self._rate_limiter()
+        except HistoryUnavailable:
+            return
+        try:
+            await limiter.hit(browser_id, client_ip)
+        except RateLimited as exc:
+            log.info("rate limited (%s): wait %d s", exc.scope, exc.wait_seconds)
+            raise ChatRateLimited(str(exc), exc.wait_seconds) from None
+
+    async def _rate_limiter(self) -> RateLimiter:
+        if self._limiter is None:
+            store = await self.store()  # the same Redis (or fakeredis) as the history
+            self._limiter = RateLimiter(
+                store.redis,
+                per_client=self.settings.rate_limit_per_minute,
+                per_ip=self.settings.rate_limit_per_ip_per_minute,
+                prefix=f"{store.prefix}rate:",
+            )
+        return self._limiter
+
+    def _check_prompt(self, prompt: str) -> None:
+        if len(prompt or "") > self.settings.max_message_chars:
+            raise ChatError(
+                f"The custom system prompt is {len(prompt):,} characters long; the limit is "
+                f"{self.settings.max_message_chars:,}. Shorten it."
+            )
+
     # -- validation -------------------------------------------------------------------
     def _check_limits(self, text: str, images: Sequence[str]) -> None:
         if not text.strip() and not images:
@@ -186,9 +261,14 @@ class ChatService:
                 "can go in one message. Remove some and send again."
             )
 
-    def _resolve(self, provider_id: str, model: str) -> tuple[Provider, str]:
+    def _resolve(
+        self, provider_id: str, model: str, api_keys: Mapping[str, str] | None = None
+    ) -> tuple[Provider, str]:
+        wanted = (provider_id or "").strip().lower()
         try:
-            return self.providers.resolve(provider_id or "", model or "")
+            return self.providers.resolve(
+                provider_id or "", model or "", api_key=(api_keys or {}).get(wanted)
+            )
         except ProviderError as exc:
             raise ChatError(str(exc)) from None
 
@@ -244,9 +324,12 @@ class ChatService:
         text = req.text or ""
         images = list(req.images or [])
         self._check_limits(text, images)
+        self._check_prompt(req.system_prompt)
         detail = req.detail if req.detail in DETAILS else "auto"
         system_prompt = system_prompt_for(req.role, req.system_prompt)
-        provider, model = self._resolve(req.provider, req.model)
+        provider, model = self._resolve(req.provider, req.model, req.api_keys)
+        await self.check_rate(req.browser_id, req.client_ip)
+        created = None  # a conversation made by this turn, removed again if the turn fails here
         try:
             store = await self.store()
             meta = await self._conversation_meta(store, req.conversation_id)
@@ -254,12 +337,14 @@ class ChatService:
             cid = (
                 meta["id"]
                 if meta
-                else await store.create_conversation(
-                    req.browser_id,
-                    title=conversation_title(text, len(prepared)),
-                    role=req.role,
-                    provider=provider.id,
-                    model=model,
+                else (
+                    created := await store.create_conversation(
+                        req.browser_id,
+                        title=conversation_title(text, len(prepared)),
+                        role=req.role,
+                        provider=provider.id,
+                        model=model,
+                    )
                 )
             )
             user_message = {
@@ -272,35 +357,53 @@ class ChatService:
                 user_message["receipts"] = [
                     receipt_text(image, provider.id, model, detail) for image in prepared
                 ]
+            # Meta first: once the message is stored nothing else may fail, or the user would
+            # be told "not sent", send it again and see it twice.
+            await store.update_meta(
+                cid, role=req.role, provider=provider.id, model=model, **sampling_meta(req)
+            )
             await store.append_turn(
                 cid,
                 [user_message],
                 {image.sha256: (image.data, image.mime) for image in prepared},
                 browser_id=req.browser_id,
             )
-            await store.update_meta(cid, role=req.role, provider=provider.id, model=model)
         except HistoryUnavailable as exc:
+            if created:  # no empty conversation left behind (best effort: Redis is failing)
+                with contextlib.suppress(HistoryUnavailable, InvalidId):
+                    await store.delete_conversation(created)
             raise ChatError(f"{exc} Your message was not sent; send it again.") from None
         except InvalidId:  # deleted meanwhile, or not this browser's
             raise ChatError("That conversation is no longer available. Start a new chat.") from None
-        answer = self._answer(store, cid, provider, model, system_prompt, detail, len(prepared))
+        answer = self._answer(
+            store,
+            cid,
+            provider,
+            model,
+            system_prompt,
+            detail,
+            len(prepared),
+            **req.sampling(),
+            api_key=req.api_key(provider.id),
+        )
         async for update in answer:
             update.receipts = user_message.get("receipts", [])
             yield update
 
     async def retry(
-        self,
-        cid: str,
-        *,
-        role: str = DEFAULT_ROLE,
-        system_prompt: str = "",
-        provider: str = "",
-        model: str = "",
-        detail: str = "auto",
+        self, req: TurnRequest, *, keep_previous: bool = False
     ) -> AsyncIterator[TurnUpdate]:
-        """Answer the last user message again (the failed or unwanted answer is replaced)."""
-        prompt = system_prompt_for(role, system_prompt)
-        chosen, model_id = self._resolve(provider, model)
+        """Answer the last user message again, with the role and model now chosen.
+
+        The previous answer is replaced, or kept beside the new one (`keep_previous`) so two
+        models can be compared; only the newest answer goes on as context.
+        """
+        cid = req.conversation_id
+        self._check_prompt(req.system_prompt)
+        prompt = system_prompt_for(req.role, req.system_prompt)
+        chosen, model_id = self._resolve(req.provider, req.model, req.api_keys)
+        detail = req.detail if req.detail in DETAILS else "auto"
+        await self.check_rate(req.browser_id, req.client_ip)  # a retry costs a model call too
         try:
             store = await self.store()
             await self._conversation_meta(store, cid)
@@ -313,12 +416,47 @@ class ChatService:
             last_user = messages[-1 - trailing]
             if last_user.get("images") and not chosen.supports_vision(model_id):
                 raise ChatError(f"{model_id} cannot see images. Pick a vision model (marked 👁).")
-            if trailing:
-                await store.pop_messages(cid, trailing)
+            failed = trailing and messages[-1].get("status") == "error"
+            if trailing and (not keep_previous or failed):
+                await store.pop_messages(cid, 1 if keep_previous else trailing)
+            await store.update_meta(cid, **sampling_meta(req))
         except HistoryUnavailable as exc:
             raise ChatError(f"{exc} Try again in a moment.") from None
         images = len(last_user.get("images") or [])
-        async for update in self._answer(store, cid, chosen, model_id, prompt, detail, images):
+        answer = self._answer(
+            store,
+            cid,
+            chosen,
+            model_id,
+            prompt,
+            detail,
+            images,
+            **req.sampling(),
+            api_key=req.api_key(chosen.id),
+        )
+        async for update in answer:
+            yield update
+
+    async def edit(self, req: TurnRequest, index: int) -> AsyncIterator[TurnUpdate]:
+        """Replace the user message at stored position `index` and answer again from there.
+
+        What came after it is dropped; its images stay with it.
+        """
+        cid = req.conversation_id
+        try:
+            store = await self.store()
+            await self._conversation_meta(store, cid)
+            messages = await store.get_messages(cid)
+        except HistoryUnavailable as exc:
+            raise ChatError(f"{exc} Try again in a moment.") from None
+        if not 0 <= index < len(messages) or messages[index]["role"] != "user":
+            raise ChatError("Only your own messages can be edited.")
+        self._check_limits(req.text or "", messages[index].get("images") or [])
+        edited = {**messages[index], "content": req.text or "", "edited": time.time()}
+        await store.pop_messages(cid, len(messages) - index)
+        await store.append_turn(cid, [edited])
+        retry = TurnRequest(**{**req.__dict__, "conversation_id": cid})
+        async for update in self.retry(retry):
             yield update
 
     async def undo(self, cid: str) -> dict | None:
@@ -346,14 +484,31 @@ class ChatService:
         system_prompt: str,
         detail: str,
         image_count: int = 0,
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+        api_key: str | None = None,
     ) -> AsyncIterator[TurnUpdate]:
         update = TurnUpdate(conversation_id=cid, provider=provider.id, model=model)
+        messages: list[dict] = []
+        image_tokens: int | None = None
         finished: Finished | None = None
         started, first_token = time.monotonic(), None
         try:
-            messages = await self._context(store, cid, provider, model, system_prompt, detail)
+            messages, image_tokens = await self._context(
+                store, cid, provider, model, system_prompt, detail
+            )
             yield update
-            events = self.providers.stream(provider.id, model, messages)
+            events = self.providers.stream(
+                provider.id,
+                model,
+                messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                top_p=top_p,
+                api_key=api_key,
+            )
             async for batch in coalesce(events, self.stream_interval):
                 first_token = first_token or time.monotonic()
                 for event in batch:
@@ -371,6 +526,7 @@ class ChatService:
         except ProviderError as exc:
             update.status = "incomplete" if update.answer else "error"
             update.error = str(exc)
+            update.error_code = exc.code
         except HistoryUnavailable as exc:
             update.status = "error"
             update.error = f"{exc} Press Retry when it is back."
@@ -380,7 +536,7 @@ class ChatService:
             raise
         finally:
             # Shielded: a Stop cancels this task, but the partial answer must still be saved.
-            update.usage = finished.usage if finished else None
+            update.usage = usage_of(finished, messages, update, image_tokens)
             await asyncio.shield(self._save_answer(store, cid, update, finished))
             log_turn(update, image_count, started, first_token)
         update.done = True
@@ -403,8 +559,8 @@ class ChatService:
             message["reasoning"] = update.reasoning
         if update.error:
             message["error"] = update.error
-        if finished and finished.usage:
-            message["usage"] = finished.usage
+        if update.usage:
+            message["usage"] = update.usage
         try:
             await store.append_turn(cid, [message])
         except InvalidId:  # the conversation was deleted while the answer streamed
@@ -423,18 +579,31 @@ class ChatService:
         model: str,
         system_prompt: str,
         detail: str,
-    ) -> list[dict]:
-        """System prompt + the last N messages, in the OpenAI chat format."""
+    ) -> tuple[list[dict], int | None]:
+        """System prompt + the last N messages in the OpenAI chat format, and the estimated
+        image tokens among them (None when the model's rule is unknown)."""
         history = await store.get_messages(cid, limit=self.settings.history_context_messages)
         while history and history[0]["role"] == "assistant":
             history = history[1:]  # some providers insist the first message is the user's
         vision = provider.supports_vision(model)
         messages: list[dict] = [{"role": "system", "content": system_prompt}]
-        for message in history:
+        image_tokens: int | None = 0
+        for position, message in enumerate(history):
             if message["role"] == "assistant":
-                if message.get("content"):
+                # Of answers side by side (regenerated to compare), only the newest goes on.
+                later = history[position + 1 :]
+                if message.get("content") and not (later and later[0]["role"] == "assistant"):
                     messages.append({"role": "assistant", "content": message["content"]})
                 continue
+            if vision:
+                for ref in message.get("images") or []:
+                    tokens = estimate_image_tokens(
+                        ref.get("width", 0), ref.get("height", 0), provider.id, model, detail
+                    )
+                    if tokens is None or image_tokens is None:
+                        image_tokens = None
+                    else:
+                        image_tokens += tokens
             messages.append(
                 {
                     "role": "user",
@@ -443,7 +612,7 @@ class ChatService:
                     ),
                 }
             )
-        return messages
+        return messages, image_tokens
 
     async def _user_content(
         self, store: HistoryStore, message: dict, vision: bool, provider_id: str, detail: str
@@ -465,6 +634,104 @@ class ChatService:
             parts.append(image_part(*stored, provider_id=provider_id, detail=detail))
         return parts
 
+    # -- a stateless turn: the client sends the whole conversation (HTTP API) ------------
+    async def stream_messages(
+        self,
+        messages: Sequence[InputMessage],
+        *,
+        role: str = DEFAULT_ROLE,
+        provider: str = "",
+        model: str = "",
+        detail: str = "auto",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[TurnUpdate]:
+        """Answer `messages` without storing anything.
+
+        Raises ChatError before the first update, and nothing has been sent upstream until
+        the first update was taken. The client's system messages win over `role`; like a
+        stored conversation, only the last HISTORY_CONTEXT_MESSAGES others reach the model.
+        """
+        if not messages or messages[-1].role != "user":
+            raise ChatError('The last message must be the user\'s (role "user").')
+        for message in messages:
+            if message.role == "user":
+                self._check_limits(message.text, message.images)
+        system = "\n\n".join(m.text for m in messages if m.role == "system" and m.text.strip())
+        prompt = system_prompt_for(role, system)
+        chosen, model_id = self._resolve(provider, model)
+        detail = detail if detail in DETAILS else "auto"
+        limit = self.settings.history_context_messages
+        recent = [m for m in messages if m.role != "system"][-limit:]
+        while recent[0].role == "assistant":  # the last one is the user's, so this ends
+            recent = recent[1:]
+        upstream = [{"role": "system", "content": prompt}]
+        upstream += await self._stateless_context(recent, chosen, model_id, detail)
+        image_count = sum(len(m.images) for m in recent)
+        update = TurnUpdate(conversation_id="", provider=chosen.id, model=model_id)
+        finished: Finished | None = None
+        started, first_token = time.monotonic(), None
+        try:
+            yield update
+            events = self.providers.stream(
+                chosen.id, model_id, upstream, temperature=temperature, max_tokens=max_tokens
+            )
+            async for batch in coalesce(events, self.stream_interval):
+                first_token = first_token or time.monotonic()
+                for event in batch:
+                    if isinstance(event, ContentDelta):
+                        update.answer += event.text
+                    elif isinstance(event, ReasoningDelta):
+                        update.reasoning += event.text
+                    elif isinstance(event, Finished):
+                        finished = event
+                yield update
+            update.status = "complete"
+            if finished and finished.reason == "length":
+                update.status = "incomplete"
+                update.error = "The answer hit the model's length limit. Ask it to continue."
+        except ProviderError as exc:
+            update.status = "incomplete" if update.answer else "error"
+            update.error, update.error_code = str(exc), exc.code
+        except (asyncio.CancelledError, GeneratorExit):
+            update.status, update.error = "incomplete", "Stopped."
+            raise
+        finally:
+            update.usage = finished.usage if finished else None
+            log_turn(update, image_count, started, first_token)
+        update.done = True
+        yield update
+
+    async def _stateless_context(
+        self, recent: Sequence[InputMessage], provider: Provider, model: str, detail: str
+    ) -> list[dict]:
+        """The client's messages in the OpenAI format, images validated and optimised."""
+        items = [(name, raw) for m in recent for name, raw in m.images]
+        if items and not provider.supports_vision(model):
+            raise ChatError(f"{model} cannot see images. Pick a vision model or remove the images.")
+        try:
+            prepared = await prepare_images(
+                items,
+                max_bytes=self.settings.max_image_bytes,
+                provider_id=provider.id,
+                model=model,
+                detail=detail,
+            )
+        except ImageRejected as exc:
+            raise ChatError(str(exc)) from None
+        parts_of = (
+            image_part(i.data, i.mime, provider_id=provider.id, detail=detail) for i in prepared
+        )
+        out: list[dict] = []
+        for message in recent:
+            if not message.images:
+                out.append({"role": message.role, "content": message.text})
+                continue
+            parts = [text_part(message.text)] if message.text else []
+            parts += itertools.islice(parts_of, len(message.images))
+            out.append({"role": message.role, "content": parts})
+        return out
+
     # -- conversations ------------------------------------------------------------------
     async def history(self, cid: str) -> list[dict]:
         store = await self.store()
@@ -474,29 +741,38 @@ class ChatService:
 
     async def display(self, cid: str) -> list[dict]:
         """The stored conversation as Chatbot messages (images written to local files)."""
+        return (await self.display_indexed(cid))[0]
+
+    async def display_indexed(self, cid: str) -> tuple[list[dict], list[int]]:
+        """Chatbot messages, and for each one the position of the stored message it shows
+        (a stored message may show as several: thinking, answer, usage, image receipt)."""
         if not cid:
-            return []
+            return [], []
         shown: list[dict] = []
-        for message in await self.history(cid):
+        positions: list[int] = []
+        for position, message in enumerate(await self.history(cid)):
             if message["role"] == "user":
                 paths = [
                     p for ref in message.get("images") or [] if (p := await self.image_path(ref))
                 ]
-                shown += display_user(
-                    message.get("content", ""), paths, message.get("receipts", ())
-                )
+                parts = display_user(message.get("content", ""), paths, message.get("receipts", ()))
             else:
-                shown += display_answer(
+                parts = display_answer(
                     message.get("content", ""),
                     message.get("reasoning", ""),
                     status=message.get("status", "complete"),
                     error=message.get("error"),
+                    usage=message.get("usage"),
                 )
-        return shown
+            shown += parts
+            positions += [position] * len(parts)
+        return shown, positions
 
     async def image_path(self, ref: dict) -> str | None:
         """A local file for a stored image, so the Chatbot can show it after a reload."""
-        sha = ref.get("sha256", "")
+        sha = ref.get("sha256", "") if isinstance(ref, dict) else ""
+        if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= set("0123456789abcdef")):
+            return None  # a tampered reference ("../..") must not name a file outside the store
         ext = {"image/png": "png", "image/gif": "gif", "image/webp": "webp"}.get(
             ref.get("mime", ""), "jpg"
         )
@@ -529,6 +805,52 @@ def log_turn(update: TurnUpdate, images: int, started: float, first_token: float
         "outcome": update.status if update.error != "Stopped." else "stopped",
     }
     log.info(json.dumps(record))
+
+
+def sampling_meta(req: TurnRequest) -> dict[str, str]:
+    """Generation settings as conversation metadata ("" = the provider's default)."""
+    return {name: "" if value is None else str(value) for name, value in req.sampling().items()}
+
+
+def estimate_text_tokens(text: str) -> int:
+    """A rough count when the provider reports none: ~4 characters a token, CJK ~1 each."""
+    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
+    return cjk + max(0, len(text) - cjk + 3) // 4
+
+
+def usage_of(
+    finished: Finished | None,
+    messages: list[dict],
+    update: TurnUpdate,
+    image_tokens: int | None,
+) -> dict:
+    """Tokens of one reply: the provider's count where it gave one, else an estimate."""
+    prompt_text = []
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else [{"text": content or ""}]:
+            if part.get("type") != "image_url":
+                prompt_text.append(part.get("text") or "")
+    reported = (finished.usage or {}) if finished else {}
+    usage = {
+        "prompt_tokens": reported.get("prompt_tokens"),
+        "completion_tokens": reported.get("completion_tokens"),
+        "image_tokens": image_tokens or None,
+        "estimated": not reported,
+    }
+    if not reported:
+        usage["prompt_tokens"] = estimate_text_tokens("".join(prompt_text)) + (image_tokens or 0)
+        usage["completion_tokens"] = estimate_text_tokens(update.answer + update.reasoning)
+    usage["total_tokens"] = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
+    price = price_of(update.model)
+    if price:
+        usage["cost"] = round(
+            (usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output)
+            / 1_000_000,
+            6,
+        )
+        usage["currency"] = price.currency
+    return usage
 
 
 def image_ref(image: PreparedImage) -> dict:
@@ -574,8 +896,9 @@ def display_answer(
     status: str = "complete",
     error: str | None = None,
     streaming: bool = False,
+    usage: dict | None = None,
 ) -> list[dict]:
-    """One assistant answer: a collapsible thought (reasoning), then the answer itself."""
+    """One assistant answer: a collapsible thought (reasoning), the answer, its usage."""
     shown: list[dict] = []
     if reasoning:
         shown.append(
@@ -591,7 +914,69 @@ def display_answer(
         body = f"{answer}\n\n---\n{note}" if answer else note
     if body or not shown:
         shown.append({"role": "assistant", "content": [text_part(body or "…")]})
+    if usage and not streaming:
+        shown.append(
+            {
+                "role": "assistant",
+                "content": [text_part(usage_details(usage))],
+                "metadata": {"title": f"📊 {usage_summary(usage)}", "status": "done"},
+            }
+        )
     return shown
+
+
+CURRENCY_SIGNS = {"USD": "$", "CNY": "¥", "EUR": "€"}
+
+
+def format_cost(amount: float, currency: str) -> str:
+    sign = CURRENCY_SIGNS.get(currency, f"{currency} ")
+    return f"{sign}{amount:.4f}" if amount < 1 else f"{sign}{amount:,.2f}"
+
+
+def usage_summary(usage: dict) -> str:
+    """One short line: tokens in/out and the cost, '~' where it is an estimate."""
+    approx = "~" if usage.get("estimated") else ""
+    line = (
+        f"{approx}{usage.get('prompt_tokens') or 0:,} in · "
+        f"{approx}{usage.get('completion_tokens') or 0:,} out"
+    )
+    if "cost" in usage:
+        line += f" · ≈ {format_cost(usage['cost'], usage.get('currency', 'USD'))}"
+    return line
+
+
+def usage_details(usage: dict) -> str:
+    as_of, _ = load_prices()
+    images = usage.get("image_tokens")
+    rows = [
+        f"- prompt tokens: {usage.get('prompt_tokens') or 0:,}",
+        f"- completion tokens: {usage.get('completion_tokens') or 0:,}",
+        f"- of which image tokens: ~{images:,}" if images else "- image tokens: none or unknown",
+    ]
+    if usage.get("estimated"):
+        rows.append("- the provider reported no usage: counts are estimates (~4 characters/token)")
+    if "cost" in usage:
+        rows.append(f"- cost estimate from the price table of {as_of} (prices.json)")
+    else:
+        rows.append("- no price known for this model (add it to prices.json)")
+    return "\n".join(rows)
+
+
+def conversation_usage(messages: Sequence[dict]) -> str:
+    """The summed usage of a conversation's answers, as one line (empty when none)."""
+    answers = [m["usage"] for m in messages if m.get("role") == "assistant" and m.get("usage")]
+    if not answers:
+        return ""
+    tokens = sum(u.get("total_tokens") or 0 for u in answers)
+    estimated = any(u.get("estimated") for u in answers)
+    line = f"{len(answers)} replies · {'~' if estimated else ''}{tokens:,} tokens"
+    costs: dict[str, float] = {}
+    for u in answers:
+        if "cost" in u:
+            costs[u.get("currency", "USD")] = costs.get(u.get("currency", "USD"), 0) + u["cost"]
+    if costs:
+        line += " · ≈ " + " + ".join(format_cost(v, k) for k, v in costs.items())
+    return line
 
 
 def display_user(text: str, image_paths: Sequence[str], receipts: Sequence[str] = ()) -> list[dict]:

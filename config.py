@@ -5,15 +5,20 @@ Nothing here imports gradio: every other module reads its settings from here.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from dotenv import load_dotenv
 
 # The real environment wins over .env (override=False), so a Space's variables or a
 # test's subprocess environment are never shadowed by a stray .env file.
 load_dotenv(override=False)
+
+VERSION = "1.0.0"  # reported by GET /health
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,39 @@ DEFAULT_ROLE = "assistant"
 CUSTOM_ROLE = "custom"
 
 
+@dataclass(frozen=True)
+class Price:
+    """A model's price per 1 million tokens."""
+
+    input: float
+    output: float
+    currency: str
+
+
+PRICES_FILE = Path(__file__).with_name("prices.json")
+
+
+@functools.cache
+def load_prices(path: str | None = None) -> tuple[str, dict[str, Price]]:
+    """(as_of date, prices by model) from prices.json, or from PRICES_FILE when set."""
+    source = Path(path or os.environ.get("PRICES_FILE") or PRICES_FILE)
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        models = {
+            name: Price(float(p["input"]), float(p["output"]), str(p.get("currency", "USD")))
+            for name, p in data["models"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"Cannot read the price table {source}: {exc}") from None
+    return str(data.get("as_of", "")), models
+
+
+def price_of(model: str) -> Price | None:
+    """The price of a model, by its name or (OpenRouter's vendor/model) the part after '/'."""
+    _, prices = load_prices()
+    return prices.get(model) or prices.get(model.rsplit("/", 1)[-1])
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = (environ.get(name) or "").strip()
     if not raw:
@@ -112,6 +150,11 @@ class Settings:
     app_auth: str | None = None
     max_threads: int = 400
     concurrency_limit: int | None = None  # per event; None = no limit (streaming is I/O-bound)
+    # Abuse limits (limits.py): messages per minute per browser (or API caller) and per IP;
+    # 0 turns a limit off. The per-IP default is 3x, since people can share an address.
+    rate_limit_per_minute: int = 20
+    rate_limit_per_ip_per_minute: int = 60
+    provider_connect_timeout_s: float = 5.0
 
     @property
     def history_ttl_seconds(self) -> int:
@@ -138,4 +181,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         app_auth=(env.get("APP_AUTH") or "").strip() or None,
         max_threads=_int(env, "MAX_THREADS", 400, minimum=1),
         concurrency_limit=_int(env, "CONCURRENCY_LIMIT", 0, minimum=0) or None,
+        rate_limit_per_minute=(per_minute := _int(env, "RATE_LIMIT_PER_MINUTE", 20)),
+        rate_limit_per_ip_per_minute=_int(env, "RATE_LIMIT_PER_IP_PER_MINUTE", 3 * per_minute),
+        provider_connect_timeout_s=_float(env, "PROVIDER_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1),
     )

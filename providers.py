@@ -16,7 +16,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import email.utils
+import hashlib
 import io
 import json
 import logging
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # retries after the first attempt, only before the first token
 RETRY_BASE_S = 0.5  # backoff 0.5 s, 1 s
+MAX_CLIENTS = 64  # cached clients, one per provider plus one per user key (BYOK)
 MAX_RETRY_AFTER_S = 10.0  # a longer Retry-After is reported to the user, not waited out
 MAX_MODEL_CHARS = 200
 MAX_PROVIDER_MESSAGE_CHARS = 200
@@ -539,8 +542,18 @@ class Providers:
             self.warnings.append(f"DEMO_DELAY_MS must be a number, got {raw!r}; using default.")
             return DEFAULT_DEMO_DELAY_MS / 1000
 
-    def resolve(self, provider_id: str = "", model: str = "") -> tuple[Provider, str]:
+    def with_key(self, provider: Provider, api_key: str | None) -> Provider:
+        """The provider as one user sees it with their own key (bring your own key)."""
+        key = (api_key or "").strip()
+        if not key or not provider.key_env or not provider.base_url:
+            return provider
+        return dataclasses.replace(provider, api_key=key, enabled=True)
+
+    def resolve(
+        self, provider_id: str = "", model: str = "", *, api_key: str | None = None
+    ) -> tuple[Provider, str]:
         provider = self.get((provider_id or "").strip() or self._default_id)
+        provider = self.with_key(provider, api_key)
         if not provider.enabled:
             raise ProviderError("disabled", _disabled_message(provider))
         if provider.id == DEMO_ID:
@@ -563,13 +576,20 @@ class Providers:
 
     # ---- clients
 
-    def client(self, provider_id: str) -> AsyncOpenAI:
-        provider = self.get(provider_id)
+    def client(self, provider_id: str, api_key: str | None = None) -> AsyncOpenAI:
+        """The provider's client, made once and reused (one per user key with BYOK)."""
+        provider = self.with_key(self.get(provider_id), api_key)
         if provider.id == DEMO_ID:
             raise ProviderError("disabled", "The demo provider runs offline and has no client.")
         if not provider.enabled:
             raise ProviderError("disabled", _disabled_message(provider))
-        client = self._clients.get(provider.id)
+        cache_key = provider.id
+        if api_key:
+            digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+            cache_key = f"{provider.id}:{digest}"
+            while len(self._clients) >= MAX_CLIENTS:  # oldest user client goes first
+                self._clients.pop(next(k for k in self._clients if ":" in k))
+        client = self._clients.get(cache_key)
         if client is None:
             client = AsyncOpenAI(
                 api_key=provider.api_key or "EMPTY",
@@ -584,7 +604,7 @@ class Providers:
                 # OpenAI account ids and must not be sent to other companies' servers.
                 client.organization = None
                 client.project = None
-            self._clients[provider.id] = client
+            self._clients[cache_key] = client
         return client
 
     async def aclose(self) -> None:
@@ -603,18 +623,21 @@ class Providers:
         *,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
+        api_key: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Stream one answer as ContentDelta / ReasoningDelta events, then one Finished.
 
         Raises ProviderError. Closing the generator (aclose, task cancel) closes the
-        upstream HTTP response at once, so the provider stops generating.
+        upstream HTTP response at once, so the provider stops generating. `api_key` is a
+        user's own key (never stored, never logged, redacted from error messages).
         """
-        provider, model = self.resolve(provider_id, model)
+        provider, model = self.resolve(provider_id, model, api_key=api_key)
         if provider.id == DEMO_ID:
             events = _demo_events(messages, self._demo_delay_s)
         else:
-            params = self._params(provider, model, messages, temperature, max_tokens)
-            events = self._stream_with_retries(provider, model, params)
+            params = self._params(provider, model, messages, temperature, max_tokens, top_p)
+            events = self._stream_with_retries(provider, model, params, api_key)
         async with contextlib.aclosing(events) as inner:
             async for event in inner:
                 yield event
@@ -626,11 +649,15 @@ class Providers:
         messages: list[dict],
         temperature: float | None,
         max_tokens: int | None,
+        top_p: float | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-        # GPT-5 and o-series accept only the default temperature (400 otherwise).
-        if temperature is not None and not re.search(r"(^|/)(gpt-5|o\d)", model.lower()):
-            params["temperature"] = temperature
+        # GPT-5 and o-series accept only the default sampling settings (400 otherwise).
+        if not re.search(r"(^|/)(gpt-5|o\d)", model.lower()):
+            if temperature is not None:
+                params["temperature"] = temperature
+            if top_p is not None:
+                params["top_p"] = top_p
         if max_tokens is not None:
             # api.openai.com deprecated max_tokens (reasoning models reject it); the
             # compatible servers only know max_tokens.
@@ -642,13 +669,14 @@ class Providers:
         return params
 
     async def _stream_with_retries(
-        self, provider: Provider, model: str, params: dict[str, Any]
+        self, provider: Provider, model: str, params: dict[str, Any], api_key: str | None = None
     ) -> AsyncIterator[StreamEvent]:
         attempt = 0
         while True:
             started = False
             try:
-                async with contextlib.aclosing(self._attempt(provider, model, params)) as events:
+                attempt_events = self._attempt(provider, model, params, api_key)
+                async with contextlib.aclosing(attempt_events) as events:
                     async for event in events:
                         started = True
                         yield event
@@ -673,13 +701,13 @@ class Providers:
                 await asyncio.sleep(delay)
 
     async def _attempt(
-        self, provider: Provider, model: str, params: dict[str, Any]
+        self, provider: Provider, model: str, params: dict[str, Any], api_key: str | None = None
     ) -> AsyncIterator[StreamEvent]:
-        client = self.client(provider.id)
+        client = self.client(provider.id, api_key)
         try:
             stream = await client.chat.completions.create(**params)
         except openai.APIError as exc:
-            raise self._map(provider, model, exc, mid_stream=False) from exc
+            raise self._map(provider, model, exc, mid_stream=False, api_key=api_key) from exc
         finish: str | None = None
         usage: dict | None = None
         chunks = 0
@@ -701,7 +729,7 @@ class Providers:
             # After a finish_reason the answer is whole: a late hiccup (a dropped socket
             # before the usage chunk) must not turn it into an error.
             if finish is None:
-                raise self._map(provider, model, exc, mid_stream=True) from exc
+                raise self._map(provider, model, exc, mid_stream=True, api_key=api_key) from exc
         except ValueError as exc:  # json.JSONDecodeError from the SSE decoder
             if finish is None:
                 raise ProviderError(
@@ -719,10 +747,17 @@ class Providers:
     # ---- error mapping
 
     def _map(
-        self, provider: Provider, model: str, exc: openai.APIError, *, mid_stream: bool
+        self,
+        provider: Provider,
+        model: str,
+        exc: openai.APIError,
+        *,
+        mid_stream: bool,
+        api_key: str | None = None,
     ) -> ProviderError:
         err = _map_exception(provider, model, exc, mid_stream=mid_stream, timeout_s=self.timeout_s)
-        err.message = _redact(err.message, self._secrets)
+        secrets = (*self._secrets, api_key) if api_key else self._secrets
+        err.message = _redact(err.message, secrets)
         err.args = (err.message,)
         return err
 

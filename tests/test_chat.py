@@ -194,7 +194,8 @@ async def test_provider_error_is_kept_once_and_retry_replaces_it(
     stored = await service.history(cid)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["status"] == "error"
-    retried = [u async for u in service.retry(cid, provider="openai", model="gpt-4o")]
+    again = TurnRequest(conversation_id=cid, provider="openai", model="gpt-4o")
+    retried = [u async for u in service.retry(again)]
     assert retried[-1].status == "complete" and retried[-1].answer == "Echo: hi"
     stored = await service.history(cid)
     assert [(m["role"], m.get("status")) for m in stored] == [
