@@ -27,7 +27,7 @@ from images import (
     prepare_images,
     receipt_text,
 )
-from limits import RateLimited, RateLimiter
+from limits import RateLimited, RateLimiter, inert_markup
 from providers import (
     ContentDelta,
     Finished,
@@ -130,15 +130,30 @@ def system_prompt_for(role: str, custom_prompt: str = "") -> str:
     return ROLES[role].prompt
 
 
+# Each update costs the server about the same CPU whatever it carries (Gradio's postprocess
+# and diff, one SSE message), so all streams of the process share one budget of updates per
+# second: with many streams open each gets fewer, larger updates and the CPU never saturates
+# (measured in bench/bench_load.py: 40 streams at 20 updates/s each cost more than a core).
+UPDATES_PER_SECOND = 400
+_open_streams = 0
+
+
+def update_interval(base: float) -> float:
+    """Seconds between two updates of one stream: `base`, longer while many streams are open."""
+    return max(base, _open_streams / UPDATES_PER_SECOND)
+
+
 async def coalesce(
     events: AsyncIterator[StreamEvent], interval: float
 ) -> AsyncIterator[list[StreamEvent]]:
-    """Batch upstream events so the browser gets at most one update per `interval`.
+    """Batch upstream events: the first goes out at once, then at most one batch per
+    `interval` (stretched by `update_interval` while many streams are open).
 
     A pump task reads the upstream while we wait, so a pause upstream never holds back text
-    that already arrived, and the first token goes out at once. Closing this generator (Stop,
-    a client gone) cancels the pump, which closes the upstream HTTP stream.
+    that already arrived. Closing this generator (Stop, a client gone) cancels the pump,
+    which closes the upstream HTTP stream.
     """
+    global _open_streams
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
@@ -151,21 +166,24 @@ async def coalesce(
         finally:
             queue.put_nowait(done)
 
+    def ends(batch: list) -> bool:
+        return batch[-1] is done or isinstance(batch[-1], Exception)
+
     task = asyncio.create_task(pump())
     loop = asyncio.get_running_loop()
+    _open_streams += 1
     try:
         finished = False
+        next_at = 0.0  # leading edge: an event after a quiet spell (the first) goes out at once
         while not finished:
             batch = [await queue.get()]
-            deadline = loop.time() + interval
-            while batch[-1] is not done and not isinstance(batch[-1], Exception):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
+            wait = next_at - loop.time()
+            if wait > 0 and not ends(batch):
+                # One timer per update, not one per token; wakes early when the stream ends.
+                await asyncio.wait([task], timeout=wait)
+            while not ends(batch) and not queue.empty():
+                batch.append(queue.get_nowait())
+            next_at = loop.time() + update_interval(interval)
             if batch[-1] is done:
                 finished = True
                 batch.pop()
@@ -175,6 +193,7 @@ async def coalesce(
             if error is not None:
                 raise error
     finally:
+        _open_streams -= 1
         if not task.done():
             task.cancel()
         with contextlib.suppress(BaseException):
@@ -191,6 +210,7 @@ class ChatService:
         self.providers = providers
         self.image_dir = image_dir
         self.stream_interval = 0.05
+        self.display_limit = 40  # stored messages shown in the Chatbot (see display_indexed)
         self._store: HistoryStore | None = None
         self._store_lock = asyncio.Lock()
         self._limiter: RateLimiter | None = None
@@ -325,9 +345,9 @@ class ChatService:
         images = list(req.images or [])
         self._check_limits(text, images)
         self._check_prompt(req.system_prompt)
-        detail = req.detail if req.detail in DETAILS else "auto"
         system_prompt = system_prompt_for(req.role, req.system_prompt)
         provider, model = self._resolve(req.provider, req.model, req.api_keys)
+        detail = effective_detail(provider.id, req.detail)
         await self.check_rate(req.browser_id, req.client_ip)
         created = None  # a conversation made by this turn, removed again if the turn fails here
         try:
@@ -402,7 +422,7 @@ class ChatService:
         self._check_prompt(req.system_prompt)
         prompt = system_prompt_for(req.role, req.system_prompt)
         chosen, model_id = self._resolve(req.provider, req.model, req.api_keys)
-        detail = req.detail if req.detail in DETAILS else "auto"
+        detail = effective_detail(chosen.id, req.detail)
         await self.check_rate(req.browser_id, req.client_ip)  # a retry costs a model call too
         try:
             store = await self.store()
@@ -645,12 +665,14 @@ class ChatService:
         detail: str = "auto",
         temperature: float | None = None,
         max_tokens: int | None = None,
+        client_ip: str | None = None,
     ) -> AsyncIterator[TurnUpdate]:
         """Answer `messages` without storing anything.
 
-        Raises ChatError before the first update, and nothing has been sent upstream until
-        the first update was taken. The client's system messages win over `role`; like a
-        stored conversation, only the last HISTORY_CONTEXT_MESSAGES others reach the model.
+        Raises ChatError (ChatRateLimited when over the per-IP limit) before the first update,
+        and nothing has been sent upstream until the first update was taken. The client's
+        system messages win over `role`; like a stored conversation, only the last
+        HISTORY_CONTEXT_MESSAGES others reach the model.
         """
         if not messages or messages[-1].role != "user":
             raise ChatError('The last message must be the user\'s (role "user").')
@@ -658,9 +680,11 @@ class ChatService:
             if message.role == "user":
                 self._check_limits(message.text, message.images)
         system = "\n\n".join(m.text for m in messages if m.role == "system" and m.text.strip())
+        self._check_prompt(system)
         prompt = system_prompt_for(role, system)
         chosen, model_id = self._resolve(provider, model)
-        detail = detail if detail in DETAILS else "auto"
+        await self.check_rate(None, client_ip)
+        detail = effective_detail(chosen.id, detail)
         limit = self.settings.history_context_messages
         recent = [m for m in messages if m.role != "system"][-limit:]
         while recent[0].role == "assistant":  # the last one is the user's, so this ends
@@ -745,12 +769,22 @@ class ChatService:
 
     async def display_indexed(self, cid: str) -> tuple[list[dict], list[int]]:
         """Chatbot messages, and for each one the position of the stored message it shows
-        (a stored message may show as several: thinking, answer, usage, image receipt)."""
+        (a stored message may show as several: thinking, answer, usage, image receipt).
+
+        Only the last `display_limit` stored messages are shown, after a note (position -1):
+        Gradio postprocesses and diffs the whole Chatbot value on every streamed update, so
+        its cost grows with the chat (0.2 ms empty, 2.1 ms at 200 messages); capped, a long
+        conversation streams as cheaply as a 40-message one. Export still has everything."""
         if not cid:
             return [], []
         shown: list[dict] = []
         positions: list[int] = []
-        for position, message in enumerate(await self.history(cid)):
+        messages = await self.history(cid)
+        start = max(0, len(messages) - self.display_limit)
+        if start:
+            shown.append(earlier_note(start))
+            positions.append(-1)
+        for position, message in enumerate(messages[start:], start):
             if message["role"] == "user":
                 paths = [
                     p for ref in message.get("images") or [] if (p := await self.image_path(ref))
@@ -866,16 +900,24 @@ def image_ref(image: PreparedImage) -> dict:
     }
 
 
+def effective_detail(provider_id: str, detail: str) -> str:
+    """The detail level images are prepared and sent with.
+
+    SiliconFlow reads "auto" (or no detail) as "low", 448 px, too small for screenshots: there
+    auto means high, both for the size images.py prepares and for the detail sent.
+    """
+    detail = detail if detail in DETAILS else "auto"
+    return "high" if detail == "auto" and provider_id == "siliconflow" else detail
+
+
 def image_part(data: bytes, mime: str, *, provider_id: str, detail: str) -> dict:
+    """An OpenAI-style image part; `detail` is sent only when it is not the default."""
     import base64
 
     url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
     image_url: dict = {"url": url}
-    # SiliconFlow reads a missing/auto detail as "low"; elsewhere auto is the provider default.
     if detail != "auto":
         image_url["detail"] = detail
-    elif provider_id == "siliconflow":
-        image_url["detail"] = "high"
     return {"type": "image_url", "image_url": image_url}
 
 
@@ -884,6 +926,20 @@ def image_part(data: bytes, mime: str, *, provider_id: str, detail: str) -> dict
 # which strips indentation and breaks code blocks.
 def text_part(text: str) -> dict:
     return {"type": "text", "text": text}
+
+
+def earlier_note(hidden: int) -> dict:
+    """The first line of a long conversation's Chatbot: how many messages are not shown."""
+    return {
+        "role": "assistant",
+        "content": [
+            text_part(
+                "To stay fast, the chat shows the latest messages only. All of them are "
+                "kept: export the conversation to read the earlier ones."
+            )
+        ],
+        "metadata": {"title": f"⋯ {hidden} earlier messages", "status": "done"},
+    }
 
 
 STATUS_NOTES = {"incomplete": "⚠️ Incomplete", "error": "⚠️ Not answered"}
@@ -904,14 +960,14 @@ def display_answer(
         shown.append(
             {
                 "role": "assistant",
-                "content": [text_part(reasoning)],
+                "content": [text_part(inert_markup(reasoning))],
                 "metadata": {"title": "💭 Thinking", "status": "pending" if streaming else "done"},
             }
         )
-    body = answer
+    body = inert_markup(answer)  # model output: no live forms or embeds (limits.py)
     if error and status in STATUS_NOTES:
         note = f"**{STATUS_NOTES[status]}:** {error}"
-        body = f"{answer}\n\n---\n{note}" if answer else note
+        body = f"{body}\n\n---\n{note}" if answer else note
     if body or not shown:
         shown.append({"role": "assistant", "content": [text_part(body or "…")]})
     if usage and not streaming:

@@ -298,3 +298,25 @@ def test_titles():
     assert conversation_title("  hello   world ", 0) == "hello world"
     assert conversation_title("", 1) == "Image"
     assert conversation_title("x" * 100, 0).endswith("…")
+
+
+async def test_siliconflow_auto_detail_sends_a_legible_image(
+    redis_url, upstream, tmp_path, services
+):
+    """SiliconFlow reads auto as low (448 px): auto is sent, and sized, as high there."""
+    environ = {"SILICONFLOW_API_KEY": "sk-test-sf", "SILICONFLOW_BASE_URL": upstream.base_url}
+    service = ChatService(load_settings({"REDIS_URL": redis_url}), Providers(environ), tmp_path)
+    services.append(service)
+    screenshot = tmp_path / "screen.png"
+    Image.new("RGB", (1600, 1000), (250, 250, 250)).save(screenshot)
+    await run(
+        service,
+        text="read this",
+        images=[str(screenshot)],
+        provider="siliconflow",
+        model="Qwen/Qwen2.5-VL-72B-Instruct",
+    )
+    part = upstream.requests[-1]["messages"][-1]["content"][1]
+    assert part["image_url"]["detail"] == "high"
+    sent = Image.open(io.BytesIO(base64.b64decode(part["image_url"]["url"].split(",", 1)[1])))
+    assert max(sent.size) > 448

@@ -1,0 +1,594 @@
+"""Provider check: does each enabled provider really answer, and if not, what to change.
+
+`python app.py --check` (and the settings panel) runs, for every enabled provider at once:
+
+1. reachable: `GET {base_url}/models` through the provider's own client;
+2. key valid: judged from the answers (401/403 = rejected);
+3. model listed: is the default model in that list (when the endpoint has one);
+4. reply: a short streamed answer (`max_tokens=5`) and its time to first token;
+5. image: for a vision model, the same with a tiny PNG in the part format chat.py sends.
+
+Each failure gets one short fix ("ARK_BASE_URL must end in /api/v3", "The key in X was
+rejected", ...). Keys never appear in the output: providers.py redacts its error messages
+and every string here is scrubbed again before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import sys
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import openai
+from PIL import Image
+
+from chat import image_part
+from providers import (
+    DEMO_ID,
+    PRESETS,
+    ContentDelta,
+    Finished,
+    Provider,
+    ProviderError,
+    Providers,
+    ReasoningDelta,
+    demo_reply,
+    display_url,
+)
+
+log = logging.getLogger("check")
+
+DEFAULT_TIMEOUT_S = 20.0  # per provider, all steps: one dead provider must not hang the check
+MAX_TOKENS = 5
+PROMPT = "Reply with the single word: OK"
+IMAGE_PROMPT = "What colour is this image? Answer in one word."
+MAX_MODELS_SHOWN = 6
+
+PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+SYMBOLS = {PASS: "✓", FAIL: "✗", WARN: "⚠", SKIP: "–"}
+STEPS = ("reachable", "key", "listed", "reply", "image")
+HEADERS = ("provider", "model", "reachable", "key", "model listed", "reply (ttft)", "image", "fix")
+
+# Where each API lives under its host: a base URL without this suffix is the usual 404.
+EXPECTED_PATHS = {
+    "doubao": "/api/v3",
+    "qwen": "/compatible-mode/v1",
+    "zhipu": "/api/paas/v4",
+    "ollama": "/v1",
+}
+EXAMPLE_URLS = {
+    **{preset.id: preset.base_url for preset in PRESETS if preset.base_url},
+    "ollama": "http://localhost:11434/v1",
+}
+# Keys sent when none is configured: not secrets, and "EMPTY" must stay readable.
+_PLACEHOLDER_KEYS = {preset.placeholder_key for preset in PRESETS if preset.placeholder_key}
+_STEP_DOING = {
+    "reachable": "to list its models",
+    "reply": "to answer",
+    "image": "to answer about an image",
+}
+
+
+@dataclass
+class Step:
+    status: str = SKIP
+    note: str = ""  # a few words after the symbol: "0.3 s", "no /models", "401"
+
+    def cell(self) -> str:
+        return f"{SYMBOLS[self.status]} {self.note}".strip()
+
+
+@dataclass
+class CheckResult:
+    """One provider's check; `passed` is what the exit code and the UI go by."""
+
+    provider_id: str
+    name: str
+    model: str
+    base_url: str = ""  # display form: no userinfo or query
+    enabled: bool = True
+    steps: dict[str, Step] = field(default_factory=lambda: {name: Step() for name in STEPS})
+    fixes: list[str] = field(default_factory=list)
+    offered: list[str] = field(default_factory=list)  # from /models, when it answered
+    ttft_s: float | None = None
+    reply_text: str = ""
+    running: str = ""  # the step under way, for the timeout message
+
+    @property
+    def passed(self) -> bool:
+        return self.enabled and all(step.status != FAIL for step in self.steps.values())
+
+    @property
+    def fix(self) -> str:
+        return " ".join(self.fixes)
+
+    def as_dict(self) -> dict:
+        return {
+            "provider": self.provider_id,
+            "name": self.name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "passed": self.passed,
+            "steps": {name: step.status for name, step in self.steps.items()},
+            "ttft_s": self.ttft_s,
+            "fix": self.fix,
+        }
+
+
+@dataclass
+class _Listing:
+    """What GET /models said: an HTTP status and, when it parsed, the model ids."""
+
+    status: int | None = None
+    offered: list[str] | None = None
+    unreachable: bool = False
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (220, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TINY_PNG = _tiny_png()
+
+
+# --------------------------------------------------------------------------------------
+# The check
+
+
+async def check_providers(
+    providers: Providers,
+    *,
+    provider_ids: list[str] | None = None,
+    api_keys: dict[str, str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[CheckResult]:
+    """Check the given providers (default: every enabled one) concurrently.
+
+    `api_keys` maps provider id -> a key to test instead of the configured one (a key the
+    user typed in the settings panel); it also enables a provider that has no key yet.
+    """
+    keys = {pid.strip().lower(): key.strip() for pid, key in (api_keys or {}).items() if key}
+    keys = {pid: key for pid, key in keys.items() if key}
+    if provider_ids is None:
+        ids = [p.id for p in providers.all() if p.enabled or p.id in keys]
+    else:
+        ids = list(dict.fromkeys(pid.strip().lower() for pid in provider_ids))
+    results = await asyncio.gather(
+        *(_check_guarded(providers, pid, keys.get(pid), timeout_s) for pid in ids)
+    )
+    secrets = _secrets(providers, keys.values())
+    for result in results:
+        _scrub(result, secrets)
+    return list(results)
+
+
+async def _check_guarded(
+    providers: Providers, provider_id: str, api_key: str | None, timeout_s: float
+) -> CheckResult:
+    try:
+        provider = providers.get(provider_id)
+    except ProviderError as err:
+        shown = provider_id[:40]
+        return CheckResult(shown, shown, "", enabled=False, fixes=[err.message])
+    if api_key:
+        provider = providers.with_key(provider, api_key)
+    result = CheckResult(
+        provider.id,
+        provider.name,
+        provider.default_model,
+        display_url(provider.base_url) if provider.base_url else "",
+    )
+    if not provider.enabled:
+        result.enabled = False
+        result.fixes.append(provider.hint or f"{provider.name} is not configured.")
+        return result
+    try:
+        await asyncio.wait_for(_check(providers, provider, api_key, result), timeout_s)
+    except TimeoutError:
+        _timed_out(result, provider, timeout_s)
+    except Exception as exc:  # one odd server (or a bug here) must not sink the whole table
+        log.debug("check of %s failed", provider.id, exc_info=True)
+        step = result.running or "reachable"
+        result.steps[step] = Step(FAIL, "error")
+        result.fixes.append(
+            f"The check could not finish ({type(exc).__name__}). Try again; if it persists, "
+            "report it with the app's log."
+        )
+    result.running = ""
+    return result
+
+
+async def _check(
+    providers: Providers, provider: Provider, api_key: str | None, result: CheckResult
+) -> None:
+    if provider.id == DEMO_ID:
+        await _check_demo(result)
+        return
+    listing = await _list_models(providers, provider, api_key, result)
+    if listing.unreachable:
+        return
+    if not result.model:
+        result.steps["listed"] = Step(FAIL, "no model set")
+        result.fixes.append(
+            f"Set {provider.env_prefix}_MODELS to a model this endpoint offers"
+            f"{_choices(listing.offered)}."
+        )
+        return
+    _judge_listing(result, listing)
+    if not await _check_reply(providers, provider, api_key, result, listing):
+        return
+    if provider.supports_vision(result.model):
+        await _check_image(providers, provider, api_key, result)
+    else:
+        result.steps["image"] = Step(SKIP, "text-only")
+
+
+async def _check_demo(result: CheckResult) -> None:
+    # The demo calls no model; describing the tiny image still runs its real local code.
+    url = f"data:image/png;base64,{base64.b64encode(TINY_PNG).decode()}"
+    messages = [{"role": "user", "content": PROMPT}]
+    text = await asyncio.to_thread(demo_reply, messages, PROMPT, [url])
+    result.steps["reachable"] = Step(PASS, "offline")
+    result.steps["reply"] = Step(PASS, "offline")
+    result.steps["image"] = Step(PASS) if "8×8" in text else Step(FAIL, "not described")
+    if result.steps["image"].status == FAIL:
+        result.fixes.append("The demo could not describe a PNG: check that Pillow is installed.")
+
+
+# ---- step 1: reachable, and the model list
+
+
+async def _list_models(
+    providers: Providers, provider: Provider, api_key: str | None, result: CheckResult
+) -> _Listing:
+    result.running = "reachable"
+    client = providers.client(provider.id, api_key)
+    try:
+        page = await client.models.list()
+    except openai.APIConnectionError as exc:  # also APITimeoutError (connect timeout)
+        why = _why_unreachable(exc)
+        result.steps["reachable"] = Step(FAIL, why)
+        result.fixes.append(
+            f"Cannot reach {result.base_url} ({why}): check the network or "
+            f"{provider.env_prefix}_BASE_URL."
+        )
+        return _Listing(unreachable=True)
+    except openai.APIStatusError as exc:
+        # Any HTTP answer means the host is there; some APIs simply have no /models.
+        result.steps["reachable"] = Step(PASS)
+        return _Listing(status=exc.status_code)
+    except Exception:  # a 200 that is not a model list (an HTML page, a proxy's own JSON)
+        log.debug("%s: unreadable /models", provider.id, exc_info=True)
+        result.steps["reachable"] = Step(PASS)
+        return _Listing(status=200)
+    result.steps["reachable"] = Step(PASS)
+    ids = [str(getattr(model, "id", "") or "") for model in getattr(page, "data", None) or []]
+    return _Listing(status=200, offered=[i for i in ids if i])
+
+
+def _why_unreachable(exc: openai.APIConnectionError) -> str:
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out"
+    text = ""
+    cause: BaseException | None = exc
+    for _ in range(5):  # the SDK wraps httpx, which wraps the socket error
+        if cause is None:
+            break
+        text += f" {type(cause).__name__} {cause}".lower()
+        cause = cause.__cause__ or cause.__context__
+    if "refused" in text:
+        return "connection refused"
+    if any(w in text for w in ("name or service", "nodename", "name resolution", "getaddrinfo")):
+        return "host not found"
+    if "ssl" in text or "certificate" in text:
+        return "TLS error"
+    return "no connection"
+
+
+def _judge_listing(result: CheckResult, listing: _Listing) -> None:
+    if listing.offered is None:
+        notes = {404: "no /models", 401: "not allowed", 403: "not allowed", 200: "unreadable"}
+        note = notes.get(listing.status or 0, f"HTTP {listing.status}")
+        result.steps["listed"] = Step(SKIP, note)
+    elif not listing.offered:
+        result.steps["listed"] = Step(SKIP, "empty list")
+    elif _offers(listing.offered, result.model):
+        result.steps["listed"] = Step(PASS)
+    else:
+        # Failed for now; softened to a warning if the model answers (aliases, Ark "ep-" ids).
+        result.steps["listed"] = Step(FAIL, "not offered")
+    result.offered = listing.offered or []
+
+
+def _offers(offered: Iterable[str], model: str) -> bool:
+    names = {name.lower() for name in offered}
+    wanted = model.strip().lower()
+    # Ollama lists "llama3.2:latest" and answers to "llama3.2".
+    return wanted in names or f"{wanted}:latest" in names or wanted.removesuffix(":latest") in names
+
+
+def _choices(offered: Sequence[str] | None) -> str:
+    if not offered:
+        return ""
+    shown = ", ".join(offered[:MAX_MODELS_SHOWN])
+    more = f" (+{len(offered) - MAX_MODELS_SHOWN} more)" if len(offered) > MAX_MODELS_SHOWN else ""
+    return f"; pick one of: {shown}{more}"
+
+
+# ---- steps 2-4: key and a short streamed reply
+
+
+async def _check_reply(
+    providers: Providers,
+    provider: Provider,
+    api_key: str | None,
+    result: CheckResult,
+    listing: _Listing,
+) -> bool:
+    result.running = "reply"
+    messages = [{"role": "user", "content": PROMPT}]
+    try:
+        text, ttft = await _ask(providers, provider.id, result.model, messages, api_key)
+    except ProviderError as err:
+        _reply_failed(provider, api_key, result, listing, err)
+        return False
+    result.steps["key"] = Step(PASS)
+    result.steps["reply"] = Step(PASS, _duration(ttft))
+    result.ttft_s = ttft
+    result.reply_text = text[:80]
+    if result.steps["listed"].status == FAIL:
+        result.steps["listed"] = Step(WARN, "not listed")
+        result.fixes.append(
+            f"Note: {result.model} is not in the endpoint's model list but it answered "
+            "(an alias or endpoint id?)."
+        )
+    return True
+
+
+async def _ask(
+    providers: Providers, provider_id: str, model: str, messages: list[dict], api_key: str | None
+) -> tuple[str, float]:
+    """Stream one short answer; returns its text and the seconds to the first token."""
+    started = time.monotonic()
+    first: float | None = None
+    parts: list[str] = []
+    events = providers.stream(provider_id, model, messages, max_tokens=MAX_TOKENS, api_key=api_key)
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            if first is None and isinstance(event, ContentDelta | ReasoningDelta | Finished):
+                first = time.monotonic() - started  # a reasoning model "thinks" first
+            if isinstance(event, ContentDelta):
+                parts.append(event.text)
+    return "".join(parts).strip(), first if first is not None else time.monotonic() - started
+
+
+def _reply_failed(
+    provider: Provider,
+    api_key: str | None,
+    result: CheckResult,
+    listing: _Listing,
+    err: ProviderError,
+) -> None:
+    model, prefix = result.model, provider.env_prefix
+    if err.code == "auth" or (listing.status == 401 and err.code != "quota"):
+        result.steps["key"] = Step(FAIL, str(err.status or listing.status or ""))
+        result.fixes.append(_key_fix(provider, api_key))
+        return
+    if err.code in ("quota", "bad_request", "context_length") or (
+        err.code == "model_not_found" and listing.status == 200
+    ):
+        result.steps["key"] = Step(PASS)  # the server got past authentication
+    result.steps["reply"] = Step(FAIL, str(err.status or err.code))
+    path_fix = _path_fix(provider)
+    if path_fix and err.code in ("model_not_found", "bad_request", "malformed", "server"):
+        result.fixes.append(path_fix)
+    elif err.code == "model_not_found" and listing.status == 404:
+        result.fixes.append(
+            f"{provider.name} answered 404 (not found) for both /models and /chat/completions "
+            f"at {result.base_url}: check {prefix}_BASE_URL (most OpenAI-compatible APIs end "
+            "in /v1) and the model name."
+        )
+    elif result.steps["listed"].status == FAIL:
+        result.fixes.append(
+            f"Model {model} is not offered by this endpoint{_choices(result.offered)} "
+            f"(set {prefix}_MODELS; the first is the default)."
+        )
+        if err.code != "model_not_found":
+            result.fixes.append(err.message)
+    else:
+        result.fixes.append(err.message)
+
+
+def _key_fix(provider: Provider, api_key: str | None) -> str:
+    if api_key:
+        return (
+            f"The key you entered for {provider.name} was rejected: copy it again from the "
+            "provider's console."
+        )
+    if provider.key_env:
+        return (
+            f"The key in {provider.key_env} was rejected: copy it again from the provider's "
+            "console."
+        )
+    return (
+        f"{provider.name} at {display_url(provider.base_url)} refused the request as "
+        "unauthorised: check the server's own access settings."
+    )
+
+
+def _path_fix(provider: Provider) -> str | None:
+    """The fix for a base URL missing the provider's API path, or None when it looks right."""
+    expected = EXPECTED_PATHS.get(provider.id)
+    path = urlsplit(provider.base_url or "").path.rstrip("/")
+    if expected is None or path.endswith(expected):
+        return None
+    return (
+        f"{provider.env_prefix}_BASE_URL must end in {expected} "
+        f"(e.g. {EXAMPLE_URLS[provider.id]}); {display_url(provider.base_url)} is not "
+        f"{provider.name}'s API path."
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+# ---- step 5: a tiny image for vision models
+
+
+async def _check_image(
+    providers: Providers, provider: Provider, api_key: str | None, result: CheckResult
+) -> None:
+    result.running = "image"
+    part = image_part(TINY_PNG, "image/png", provider_id=provider.id, detail="auto")
+    messages = [{"role": "user", "content": [{"type": "text", "text": IMAGE_PROMPT}, part]}]
+    try:
+        await _ask(providers, provider.id, result.model, messages, api_key)
+    except ProviderError as err:
+        result.steps["image"] = Step(FAIL, str(err.status or err.code))
+        result.fixes.append(
+            _vision_fix(provider, result.model) if err.code == "image_rejected" else err.message
+        )
+        return
+    result.steps["image"] = Step(PASS)
+
+
+def _vision_fix(provider: Provider, model: str) -> str:
+    env = f"{provider.env_prefix}_VISION_MODELS"
+    how = (
+        f"remove it from {env}"
+        if provider.vision_mode == "listed"
+        else f"set {env} to the models that can see images"
+    )
+    return f"{model} cannot read images here: mark it as text-only ({how}) or pick a vision model."
+
+
+def _timed_out(result: CheckResult, provider: Provider, timeout_s: float) -> None:
+    step = result.running or "reachable"
+    result.steps[step] = Step(FAIL, "timeout")
+    result.fixes.append(
+        f"{provider.name} took longer than {timeout_s:g} s {_STEP_DOING.get(step, 'to answer')}: "
+        f"check the network or {provider.env_prefix}_BASE_URL, or try again later."
+    )
+
+
+# ---- key hygiene
+
+
+def _secrets(providers: Providers, extra: Iterable[str]) -> list[str]:
+    found = [p.api_key for p in providers.all() if p.api_key and p.api_key not in _PLACEHOLDER_KEYS]
+    # Longest first, so a key that contains another is replaced whole.
+    return sorted({s for s in [*found, *extra] if len(s) >= 4}, key=len, reverse=True)
+
+
+def _scrub(result: CheckResult, secrets: Sequence[str]) -> None:
+    def clean(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    result.fixes = [clean(fix) for fix in result.fixes]
+    result.offered = [clean(name) for name in result.offered]
+    result.reply_text = clean(result.reply_text)
+    result.model = clean(result.model)
+    result.base_url = clean(result.base_url)
+    for step in result.steps.values():
+        step.note = clean(step.note)
+
+
+# --------------------------------------------------------------------------------------
+# Output
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    """A Markdown table (columns padded so it also reads well in a terminal)."""
+    rows = [list(HEADERS), *(_row(result) for result in results)]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(HEADERS) - 1)]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [_pad(cell, widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append(("| " + " | ".join(cells)).rstrip() + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|-----|")
+    return "\n".join(lines)
+
+
+def format_summary(results: Sequence[CheckResult]) -> str:
+    if not results:
+        return "No provider to check."
+    passed = sum(result.passed for result in results)
+    text = f"{passed} of {len(results)} providers passed."
+    if passed < len(results):
+        text += " Apply the fixes above, then run the check again."
+    return text
+
+
+def format_report(results: Sequence[CheckResult]) -> str:
+    return f"{format_table(results)}\n\n{format_summary(results)}"
+
+
+def _row(result: CheckResult) -> list[str]:
+    if result.enabled:
+        cells = [result.steps[name].cell() for name in STEPS]
+    else:
+        cells = [SYMBOLS[SKIP]] * len(STEPS)
+    values = [f"`{result.provider_id}`", result.model or SYMBOLS[SKIP], *cells, result.fix]
+    return [_escape(value) for value in values]
+
+
+def _escape(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+# --------------------------------------------------------------------------------------
+# Synchronous entry points (the CLI)
+
+
+def run_check(
+    providers: Providers,
+    *,
+    provider_ids: list[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[CheckResult]:
+    """check_providers in its own event loop; closes the registry's clients afterwards."""
+
+    async def run() -> list[CheckResult]:
+        try:
+            return await check_providers(providers, provider_ids=provider_ids, timeout_s=timeout_s)
+        finally:
+            await providers.aclose()
+
+    return asyncio.run(run())
+
+
+def cli(providers: Providers, out: TextIO | None = None) -> int:
+    """`python app.py --check`: print the table; 0 when every enabled provider passed."""
+    out = out or sys.stdout
+    # The table is the output: no INFO line per HTTP request (httpx) or per retry.
+    logging.getLogger().setLevel(logging.WARNING)
+    names = ", ".join(p.id for p in providers.enabled())
+    print(f"Checking {names} (up to {DEFAULT_TIMEOUT_S:g} s each)...", file=sys.stderr)
+    results = run_check(providers)
+    print(format_report(results), file=out)
+    for warning in providers.warnings:
+        print(f"Warning: {warning}", file=out)
+    return 0 if all(result.passed for result in results) else 1
