@@ -6,6 +6,7 @@ Run `python app.py` (see --help), `gradio app.py` for reload mode, or deploy as 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -16,6 +17,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event, even
+# with monitoring off: 1.3 ms per event at first, 6 ms once the 10,000 are there. Never.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
 
 import gradio as gr
 from gradio.data_classes import ListFiles
@@ -24,6 +28,7 @@ from starlette.middleware import Middleware
 
 import http_api
 from chat import (
+    STATUS_NOTES,
     ChatError,
     ChatService,
     TurnRequest,
@@ -34,7 +39,14 @@ from chat import (
 from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings, load_settings
 from history import HistoryUnavailable, app_secret_from_redis, is_valid_id, new_id
 from images import DETAILS
-from limits import BodySizeLimit, as_text, client_ip, max_body_bytes
+from limits import (
+    BodySizeLimit,
+    SecurityHeaders,
+    UnknownEndpoint,
+    as_text,
+    client_ip,
+    max_body_bytes,
+)
 from providers import Providers
 from ui_text import I18N, i18n
 
@@ -196,10 +208,10 @@ def forget_keys(provider_id: str):
 
 async def check_all(keys: dict | None) -> str:
     """The provider check (as `python app.py --check`), with this user's keys too."""
-    from check import check_providers, format_table
+    from check import check_providers, format_report
 
     results = await check_providers(providers, api_keys=user_keys(keys))
-    return format_table(results)
+    return format_report(results)
 
 
 def use_saved_prompt(name: str, prompts: dict | None) -> str:
@@ -236,9 +248,17 @@ def busy(is_busy: bool) -> tuple:
     )
 
 
-async def stream_into_chat(shown: list[dict], updates, failed_input=None):
-    """Yield the Chatbot while `updates` streams; problems become an inline notice + toast."""
-    update = None
+async def stream_into_chat(shown: list[dict], updates, failed_input=None, box_is_empty=False):
+    """Yield the Chatbot while `updates` streams; problems become an inline notice + toast.
+
+    Per update only the Chatbot should cost anything. Any component update (even gr.skip())
+    makes Gradio rebuild that component and its JSON schema, ~2 ms a time, so the
+    conversation id goes out only when it changes, and an input box known to be empty (and
+    locked) gets the plain value None; a box that may hold a draft (Retry, Edit) must be
+    left alone with gr.skip(), which costs that price (measured: bench/bench_load.py).
+    """
+    input_box = None if box_is_empty else gr.skip()
+    update, sent_cid = None, None
     try:
         async for update in updates:
             answer = display_answer(
@@ -249,7 +269,9 @@ async def stream_into_chat(shown: list[dict], updates, failed_input=None):
                 streaming=not update.done,
                 usage=update.usage if update.done else None,
             )
-            yield [*shown, *answer], update.conversation_id, gr.MultimodalTextbox()
+            cid = update.conversation_id if update.conversation_id != sent_cid else gr.skip()
+            sent_cid = update.conversation_id
+            yield [*shown, *answer], cid, input_box
         if update is not None and update.error:
             gr.Warning(update.error)
     except ChatError as exc:
@@ -297,20 +319,25 @@ async def respond(message: dict, cid: str, state: dict, http: gr.Request, *optio
     paths = [f if isinstance(f, str) else f.get("path", "") for f in files]
     try:
         shown = await service.display(cid)
-    except (ChatError, HistoryUnavailable):
+    except HistoryUnavailable as exc:
+        # Redis is down: nothing can be stored, so nothing is sent. The chat on screen stays
+        # as it is (redrawing it would blank it) and the message stays in the box.
+        gr.Warning(f"{exc} Your message was not sent; send it again.")
+        yield gr.skip(), gr.skip(), gr.skip()  # a generator that never yields blanks them
+        return
+    except ChatError:
         shown = []
     shown += display_user(text, paths)
-    yield shown, cid, gr.MultimodalTextbox(value=None)
+    yield shown, cid, None  # empties the box: a plain value, cheaper than an update
     request = turn_options(*options)
     request.text, request.images, request.conversation_id = text, paths, cid
     request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
-    async for out in stream_into_chat(shown, service.turn(request), failed_input=message):
+    turn = service.turn(request)
+    async for out in stream_into_chat(shown, turn, failed_input=message, box_is_empty=True):
         yield out
 
 
-async def retry(
-    cid: str, state: dict, http: gr.Request, *options, keep_previous: bool = False
-):
+async def retry(cid: str, state: dict, http: gr.Request, *options, keep_previous: bool = False):
     """Answer the last message again: replacing the last answer, or beside it (compare)."""
     if not cid:
         gr.Info("Nothing to answer again yet: send a message first.")
@@ -374,12 +401,34 @@ async def undo(cid: str):
     return await service.display(cid), gr.MultimodalTextbox(value=restored)
 
 
-async def after_turn(cid: str, state: dict):
+def message_text(message: object) -> str:
+    """The text of a Chatbot message as a handler receives it (dict or ChatMessage)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    content = getattr(message, "content", content)
+    parts = content if isinstance(content, list) else [content]
+    texts = [p.get("text", "") if isinstance(p, dict) else p for p in parts]
+    return "".join(t for t in texts if isinstance(t, str))
+
+
+def unsaved_notice(shown_now: list | None, stored: list[dict]) -> list[dict]:
+    """A refusal's inline notice (rate limit, Redis down...): nothing was stored, so redrawing
+    the stored conversation would wipe it; it is kept under the conversation instead."""
+    last = (shown_now or [None])[-1]
+    text = message_text(last) if last else ""
+    refused = text.startswith(f"**{STATUS_NOTES['error']}:**")
+    if not refused or (stored and message_text(stored[-1]) == text):
+        return []
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+async def after_turn(cid: str, state: dict, shown_now: list | None = None):
     """After a turn (finished, failed or stopped): the stored truth, the list, an idle input."""
     browser_id = browser_id_of(state)
     state = {"browser_id": browser_id, "conversation_id": cid}
     try:
         shown = await service.display(cid) if cid else gr.skip()
+        if cid:
+            shown += unsaved_notice(shown_now, shown)
         listing = await conversation_list(browser_id)
         listing = gr.Radio(choices=listing.choices, value=cid or None)
         usage = await usage_markdown(cid)
@@ -458,16 +507,25 @@ async def export_files(cid: str, state: dict):
     data = await store.export_json(cid)
     markdown = await store.export_markdown(cid)
     stem = export_dir() / f"chat-{cid[:8]}-{int(time.time())}"
-    Path(f"{stem}.md").write_text(markdown or "", encoding="utf-8")
-    Path(f"{stem}.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return gr.File(value=[f"{stem}.md", f"{stem}.json"], visible=True)
+    files = await asyncio.to_thread(write_export, stem, markdown or "", data)
+    return gr.File(value=files, visible=True)
+
+
+def write_export(stem: Path, markdown: str, data: dict | None) -> list[str]:
+    """In a worker thread: with images an export is megabytes to encode and write, which
+    on the event loop would stall every other user's stream meanwhile."""
+    files = [f"{stem}.md", f"{stem}.json"]
+    Path(files[0]).write_text(markdown, encoding="utf-8")
+    Path(files[1]).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return files
 
 
 async def import_file(file: str | None, state: dict):
     """A JSON export becomes a new conversation of this browser, and is opened."""
     browser_id = browser_id_of(state)
     try:
-        cid = await import_conversation_text(Path(file).read_text(encoding="utf-8"), browser_id)
+        text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")  # off the loop
+        cid = await import_conversation_text(text, browser_id)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         gr.Warning(f"Import failed: {exc}")
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -479,7 +537,7 @@ async def import_file(file: str | None, state: dict):
 
 async def import_conversation_text(text: str, browser_id: str | None) -> str:
     try:
-        data = json.loads(text)
+        data = await asyncio.to_thread(json.loads, text)  # megabytes with images: off the loop
     except json.JSONDecodeError:
         raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
     if not isinstance(data, dict):
@@ -567,7 +625,7 @@ async def api_export_conversation(conversation_id: str, format: str = "json") ->
 async def api_import_conversation(data: str) -> str:
     """Import a JSON export as a new conversation; returns its id."""
     try:
-        return await import_conversation_text(data or "", None)
+        return await import_conversation_text(as_text(data), None)
     except ValueError as exc:
         raise gr.Error(f"Import failed: {exc}", print_exception=False) from None
 
@@ -582,34 +640,31 @@ def api_providers() -> list[dict]:
     return [p.public_info() for p in providers.all()]
 
 
-class ApiImages(gr.File):
+def strict_file_list(files: gr.File) -> gr.File:
     """/chat's `images` input: a gr.File (gradio_client uploads handle_file() values) that
-    refuses junk (images=5, a bare path string) with a clear gr.Error. Gradio's own check
-    fails with a generic "the app raised an exception" and a traceback in the log."""
+    refuses junk (images=5, a bare path string) with a clear gr.Error; Gradio's own check
+    fails with a generic "the app raised an exception" and a traceback in the log.
 
-    is_template = True  # the browser renders it as a plain File (it is hidden anyway)
+    Patched on the instance: a gr.File subclass would make Gradio write an app.pyi stub."""
+    files.api_info()  # cached now, from ListFiles: the API still says "list of files"
+    files.data_model = None  # validated below instead, where a gr.Error reaches the caller
+    preprocess = files.preprocess
 
-    def __init__(self) -> None:
-        super().__init__(file_count="multiple", file_types=["image"])
-        self.data_model = None  # validated in preprocess, where a gr.Error reaches the caller
-
-    def api_info(self) -> dict:
-        schema = ListFiles.model_json_schema()
-        schema["additional_description"] = schema.pop("description", None)
-        return schema
-
-    def preprocess(self, payload):
+    def checked(payload: object) -> object:
         if payload is None or payload == []:
             return None
         try:
-            files = ListFiles.model_validate(payload, context={"validate_meta": True})
+            listed = ListFiles.model_validate(payload, context={"validate_meta": True})
         except ValidationError:
             raise gr.Error(
                 "images must be a list of uploaded image files: pass each one as "
                 "handle_file(path) with gradio_client.",
                 print_exception=False,
             ) from None
-        return super().preprocess(files)
+        return preprocess(listed)
+
+    files.preprocess = checked
+    return files
 
 
 # -- layout and wiring ---------------------------------------------------------------------
@@ -618,14 +673,15 @@ CSS = """
 #actions { align-items: center; gap: 8px; }
 #status { font-size: 0.85em; opacity: 0.85; }
 /* Images in the chat are previews (a click opens them full screen), not a wall of pixels. */
-#chatbot .image-frame img { max-height: 220px; width: auto; max-width: 100%; object-fit: contain; }
+#chatbot .image-frame img { max-height: 180px; width: auto; max-width: 100%; object-fit: contain; }
 /* The conversation list: one title per line, and no empty box before the first chat. */
 #conversations:not(:has(label)) { display: none; }
 #conversations .wrap { flex-direction: column; gap: 4px; }
 #conversations label { width: 100%; }
 #conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 @media (max-width: 767px) {
-  #chatbot { min-height: 300px; }
+  #chatbot { min-height: 52vh !important; }
+  #chatbot .image-frame img { max-height: 140px; }
   #actions { flex-wrap: wrap; }
 }
 """
@@ -768,6 +824,9 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         show_label=False,
         autofocus=True,
         max_plain_text_length=settings.max_message_chars,
+        # Enabled when the page's load event has given this browser its id: a message sent
+        # before that went under a second, throwaway id and never showed in the sidebar.
+        interactive=False,
     )
     with gr.Row(elem_id="actions"):
         stop_btn = gr.Button(
@@ -782,7 +841,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         retry_btn = gr.Button(i18n("retry"), elem_id="retry", size="sm", scale=0, min_width=90)
         undo_btn = gr.Button(i18n("undo"), elem_id="undo", size="sm", scale=0, min_width=90)
         compare_btn = gr.Button(
-            "⇄ Compare",
+            i18n("compare"),
             elem_id="compare",
             size="sm",
             scale=0,
@@ -799,7 +858,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
             container=False,
         )
 
-    with gr.Accordion("Settings · 设置", open=False, elem_id="settings"):
+    with gr.Accordion(i18n("settings"), open=False, elem_id="settings"):
         with gr.Row():
             temperature = gr.Slider(
                 0, 2, value=0.7, step=0.1, label="Temperature · 温度", elem_id="temperature"
@@ -865,7 +924,9 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [browser, keys_state, prompts_state],
         [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
         **PRIVATE,
-    )
+    ).then(
+        lambda: gr.MultimodalTextbox(interactive=True), None, chat_input, queue=False, **PRIVATE
+    ).then(None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE)
     provider.change(on_provider_change, provider, model, **PRIVATE)
     role.change(on_role_change, role, custom_group, **PRIVATE)
     saved_prompt.input(use_saved_prompt, [saved_prompt, prompts_state], custom_prompt, **PRIVATE)
@@ -894,7 +955,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
             **PRIVATE,
         )
         streaming = started.then(fn, inputs, turn_outputs, **PRIVATE)
-        streaming.then(after_turn, [conversation_id, browser], idle_outputs, **PRIVATE)
+        streaming.then(after_turn, [conversation_id, browser, chatbot], idle_outputs, **PRIVATE)
         return streaming
 
     submitted = wire_turn(
@@ -936,7 +997,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     # Public API: hidden components carry /chat's inputs so gradio_client uploads the images.
     with gr.Group(visible=False):
         api_message = gr.Textbox()
-        api_images = ApiImages()
+        api_images = strict_file_list(gr.File(file_count="multiple", file_types=["image"]))
         api_role = gr.Textbox(value=DEFAULT_ROLE)
         # A component's value is the API parameter's default (an empty value means required).
         api_provider, api_model = gr.Textbox(value=""), gr.Textbox(value="")
@@ -959,6 +1020,9 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [api_reply, api_out_cid],
         api_name="chat",
         api_description="Stream an answer; yields (reply_so_far, conversation_id).",
+        # The outputs are plain strings already; Textbox.postprocess would only hand each
+        # update to a worker thread and back (~0.14 ms per update).
+        postprocess=False,
     )
     gr.api(api_history, api_name="history")
     gr.api(api_delete_conversation, api_name="delete_conversation")
@@ -1014,11 +1078,15 @@ def launch_options(args: argparse.Namespace) -> dict:
         "max_threads": settings.max_threads,
         # Plain HTTP routes (seed-compatible /api/chat, /health) beside Gradio's, same port.
         # Gradio API bodies are capped before they are read (a 500 MB "message" is refused
-        # with a 413, not parsed); uploads keep Gradio's own max_file_size below.
+        # with a 413, not parsed); uploads keep Gradio's own max_file_size below. Every page
+        # gets a CSP refusing remote images and form posts elsewhere; an unknown API name gets
+        # a 404 instead of a 500 and a traceback (see limits.py).
         "app_kwargs": {
             "routes": http_api.routes(service),
             "middleware": [
-                Middleware(BodySizeLimit, max_bytes=max_body_bytes(settings.max_message_chars))
+                Middleware(SecurityHeaders),
+                Middleware(UnknownEndpoint),
+                Middleware(BodySizeLimit, max_bytes=max_body_bytes(settings.max_message_chars)),
             ],
         },
         "enable_monitoring": False,
@@ -1031,6 +1099,9 @@ def main(argv: list[str] | None = None) -> int | None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request URL at INFO: provider URLs may carry credentials, and a line
+    # per streamed request is noise next to our own one line per turn.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     if args.check:  # before launch: the check prints its table and exits
         import check

@@ -411,7 +411,7 @@ class ChatService:
             yield update
 
     async def retry(
-        self, req: TurnRequest, *, keep_previous: bool = False
+        self, req: TurnRequest, *, keep_previous: bool = False, rate_checked: bool = False
     ) -> AsyncIterator[TurnUpdate]:
         """Answer the last user message again, with the role and model now chosen.
 
@@ -423,7 +423,8 @@ class ChatService:
         prompt = system_prompt_for(req.role, req.system_prompt)
         chosen, model_id = self._resolve(req.provider, req.model, req.api_keys)
         detail = effective_detail(chosen.id, req.detail)
-        await self.check_rate(req.browser_id, req.client_ip)  # a retry costs a model call too
+        if not rate_checked:  # a retry costs a model call too
+            await self.check_rate(req.browser_id, req.client_ip)
         try:
             store = await self.store()
             await self._conversation_meta(store, cid)
@@ -472,11 +473,18 @@ class ChatService:
         if not 0 <= index < len(messages) or messages[index]["role"] != "user":
             raise ChatError("Only your own messages can be edited.")
         self._check_limits(req.text or "", messages[index].get("images") or [])
+        self._check_prompt(req.system_prompt)
+        self._resolve(req.provider, req.model, req.api_keys)
+        # Refused before anything changes: a rate-limited edit keeps the conversation as it was.
+        await self.check_rate(req.browser_id, req.client_ip)
         edited = {**messages[index], "content": req.text or "", "edited": time.time()}
-        await store.pop_messages(cid, len(messages) - index)
-        await store.append_turn(cid, [edited])
+        try:
+            await store.pop_messages(cid, len(messages) - index)
+            await store.append_turn(cid, [edited])
+        except HistoryUnavailable as exc:
+            raise ChatError(f"{exc} Try again in a moment.") from None
         retry = TurnRequest(**{**req.__dict__, "conversation_id": cid})
-        async for update in self.retry(retry):
+        async for update in self.retry(retry, rate_checked=True):
             yield update
 
     async def undo(self, cid: str) -> dict | None:
@@ -967,7 +975,7 @@ def display_answer(
     body = inert_markup(answer)  # model output: no live forms or embeds (limits.py)
     if error and status in STATUS_NOTES:
         note = f"**{STATUS_NOTES[status]}:** {error}"
-        body = f"{body}\n\n---\n{note}" if answer else note
+        body = f"{body.rstrip()}\n\n---\n{note}" if answer.strip() else note
     if body or not shown:
         shown.append({"role": "assistant", "content": [text_part(body or "…")]})
     if usage and not streaming:
@@ -997,7 +1005,8 @@ def usage_summary(usage: dict) -> str:
         f"{approx}{usage.get('completion_tokens') or 0:,} out"
     )
     if "cost" in usage:
-        line += f" · ≈ {format_cost(usage['cost'], usage.get('currency', 'USD'))}"
+        cost = usage["cost"]
+        line += f" · ≈ {format_cost(cost, usage.get('currency', 'USD'))}" if cost else " · free"
     return line
 
 

@@ -251,14 +251,21 @@ def _client(url: str, *, retry_timeouts: bool) -> aredis.Redis:
     if retry_timeouts:
         errors += (RedisTimeoutError,)
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=errors)
-    return aredis.from_url(
+    # Blocking: redis-py's default pool raises "Too many connections" past 100 commands in
+    # flight, which 200 users starting at once reach (bench/bench_load.py). This one is
+    # larger, and when even it is exhausted (an overloaded process) a command waits for a
+    # free connection rather than failing the user's turn.
+    pool = aredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=256,
+        timeout=20,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,  # PING a connection idle this long, so a stale one is noticed
         retry=retry,
         client_name="chat-history",
     )
+    return aredis.Redis.from_pool(pool)
 
 
 class HistoryStore:
@@ -346,6 +353,12 @@ class HistoryStore:
             return bool(await self._r.ping())
         except (RedisError, OSError):
             return False
+
+    @property
+    def redis(self) -> Any:
+        """The writing client, for other app keys kept beside history (the rate limiter's),
+        under `prefix` too; the same fakeredis instance on the embedded store."""
+        return self._w
 
     # ---- keys ---------------------------------------------------------------------------
 
