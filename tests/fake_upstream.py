@@ -371,6 +371,9 @@ def _completion(ex: Exchange, text: str, reasoning: str, finish: str) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked bodies, like real providers
+    # Small SSE chunks must go out at once: with Nagle + delayed ACK each first token waits
+    # ~40 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

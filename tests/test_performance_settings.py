@@ -1,0 +1,246 @@
+"""Concurrency settings and streaming behaviour that performance depends on.
+
+Behaviour only: whether streams overlap, whether a limit serialises them, what a stream
+yields. The numbers (wall time, CPU per token, TTFT) are measured by bench/bench_load.py,
+never asserted here: this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client
+
+import chat
+from chat import ChatService
+from config import load_settings
+from providers import ContentDelta, Finished, Providers
+from tests.app_server import ROOT, AppServer
+from tests.fake_upstream import Exchange, FakeUpstream, reply
+
+HANG_GUARD = 30  # s: only ever reached when the behaviour under test is broken
+
+
+def rendezvous(parties: int, timeout: float = HANG_GUARD):
+    """A behaviour that answers only once `parties` requests are in the upstream together;
+    if they never are (the app serialised them), it answers "serialised" instead."""
+    barrier = threading.Barrier(parties, timeout=timeout)
+
+    def run(ex: Exchange) -> None:
+        try:
+            barrier.wait()
+            reply("together")(ex)
+        except threading.BrokenBarrierError:
+            reply("serialised")(ex)
+
+    return run
+
+
+def held(release: threading.Event, ended: list[int]):
+    """A behaviour that streams one chunk, then waits for `release` before finishing."""
+
+    def run(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send_delta({"role": "assistant", "content": "first "})
+        release.wait(HANG_GUARD)
+        ex.send_delta({"content": "done"})
+        ex.send_delta({}, "stop")
+        ex.end_stream()
+        ended.append(ex.index)
+
+    return run
+
+
+def app_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": "sk-test-perf",
+        "OPENAI_BASE_URL": upstream.base_url,
+        "DEFAULT_PROVIDER": "openai",
+        # Every test user comes from 127.0.0.1: keep the per-IP limit out of the way.
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "RATE_LIMIT_PER_IP_PER_MINUTE": "0",
+        **extra,
+    }
+
+
+def chat_many(url: str, count: int) -> list[str]:
+    """`count` /chat calls started at once, each from its own client (its own session)."""
+
+    def one(i: int) -> str:
+        client = Client(url, verbose=False)
+        return client.predict(message=f"user {i}", api_name="/chat")[0]
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def default_app(upstream):
+    """The app as shipped: no CONCURRENCY_LIMIT, no MAX_THREADS."""
+    with AppServer(app_env(upstream)) as server:
+        yield server
+
+
+def test_two_chats_stream_at_the_same_time(default_app, upstream):
+    upstream.reset()
+    meet = rendezvous(2)
+    upstream.script(meet, meet)
+    replies = chat_many(default_app.url, 2)
+    assert replies == ["together", "together"]
+
+
+def test_more_users_than_gradios_default_40_threads_stream_together(default_app, upstream):
+    # Gradio runs at most max_threads (default 40) jobs at once: the 41st user would wait.
+    upstream.reset()
+    meet = rendezvous(45)
+    upstream.script(*[meet] * 45)
+    replies = chat_many(default_app.url, 45)
+    assert replies == ["together"] * 45
+
+
+@pytest.mark.parametrize("variable", ["CONCURRENCY_LIMIT", "MAX_THREADS"])
+def test_a_limit_of_one_serialises_the_chats(upstream, variable):
+    """With the limit at 1, a second chat reaches the provider only after the first ended."""
+    upstream.reset()
+    release, ended = threading.Event(), []
+    upstream.script(held(release, ended), reply("second"))
+    server = AppServer(app_env(upstream, **{variable: "1"}))
+    with server, ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(chat_many, server.url, 1)
+        assert upstream.wait_for_requests(1, timeout=HANG_GUARD)
+        second = pool.submit(chat_many, server.url, 1)
+        # Long enough for an unlimited app to pass the second chat on (it takes ms).
+        assert not upstream.wait_for_requests(2, timeout=3)
+        release.set()
+        assert first.result(timeout=HANG_GUARD) == ["first done"]
+        assert second.result(timeout=HANG_GUARD) == ["second"]
+    assert ended == [0] and len(upstream.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_coalesce_sends_the_first_token_without_waiting():
+    """The first token goes out before the next one exists, even with a long interval."""
+    sent_first = asyncio.Event()
+
+    async def tokens():
+        yield ContentDelta("first")
+        await sent_first.wait()  # the consumer sets this once it has the first batch
+        yield ContentDelta("second")
+        yield Finished("stop")
+
+    batches = chat.coalesce(tokens(), 60)
+    first = await asyncio.wait_for(batches.__anext__(), HANG_GUARD)
+    assert [e.text for e in first] == ["first"]
+    sent_first.set()
+    rest = [e async for batch in batches for e in batch]
+    assert [type(e) for e in rest] == [ContentDelta, Finished]
+
+
+def test_updates_slow_down_when_many_streams_are_open(monkeypatch):
+    monkeypatch.setattr(chat, "_open_streams", 1)
+    assert chat.update_interval(0.05) == 0.05
+    monkeypatch.setattr(chat, "_open_streams", 4 * chat.UPDATES_PER_SECOND)
+    assert chat.update_interval(0.05) == pytest.approx(4.0)
+
+
+@pytest.mark.anyio
+async def test_open_streams_are_counted_while_they_stream():
+    gate = asyncio.Event()
+
+    async def tokens():
+        yield ContentDelta("a")
+        await gate.wait()
+
+    before = chat._open_streams
+    streams = [chat.coalesce(tokens(), 0.05) for _ in range(3)]
+    for stream in streams:
+        await stream.__anext__()
+    assert chat._open_streams == before + 3
+    gate.set()
+    for stream in streams:
+        assert [b async for b in stream] == []
+    assert chat._open_streams == before
+
+
+@pytest.mark.anyio
+async def test_a_long_conversation_shows_its_latest_messages_after_a_note(redis_url, tmp_path):
+    """The Chatbot value stays bounded (every streamed update re-processes all of it), and
+    each shown message still maps to its stored position (Edit relies on that)."""
+    settings = load_settings({"REDIS_URL": redis_url})
+    service = ChatService(settings, Providers({}), image_dir=tmp_path)
+    try:
+        store = await service.store()
+        cid = await store.create_conversation(None, title="long")
+        stored = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"}
+            for i in range(100)
+        ]
+        await store.append_turn(cid, stored)
+        shown, positions = await service.display_indexed(cid)
+        hidden = 100 - service.display_limit
+        assert shown[0]["metadata"]["title"] == f"⋯ {hidden} earlier messages"
+        assert positions[0] == -1
+        texts = [m["content"][0]["text"] for m in shown[1:]]
+        assert texts == [f"message {i}" for i in range(hidden, 100)]
+        assert positions[1:] == list(range(hidden, 100))
+
+        short = await store.create_conversation(None, title="short")
+        await store.append_turn(short, stored[:6])
+        shown, positions = await service.display_indexed(short)
+        assert positions == list(range(6)) and "metadata" not in shown[0]
+    finally:
+        await service.aclose()
+
+
+STREAM_PROBE = """
+import asyncio, json
+import app
+from chat import TurnUpdate
+
+async def updates():
+    for answer in ["", "Hel", "Hello", "Hello!"]:
+        yield TurnUpdate(conversation_id="c" * 32, answer=answer, done=answer == "Hello!")
+
+async def main():
+    out = {}
+    for empty in (True, False):
+        yielded = [o async for o in app.stream_into_chat([], updates(), box_is_empty=empty)]
+        out[str(empty)] = [[cid, box] for _, cid, box in yielded]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_streamed_ui_updates_carry_only_the_chat():
+    """Per update, only the Chatbot may change: a component update for the input box (even
+    gr.skip()) costs Gradio ~2 ms a time. The conversation id goes out once; the box gets a
+    plain None when it is known to be empty, and is left alone (gr.skip()) when it may hold
+    a draft (Retry, Edit)."""
+    env = {**AppServer().env, "OPENAI_API_KEY": "sk-test-perf"}
+    done = subprocess.run(
+        [sys.executable, "-c", STREAM_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    skip = {"__type__": "update"}
+    respond, retry = result["True"], result["False"]
+    assert respond == [["c" * 32, None]] + [[skip, None]] * 3
+    assert retry == [["c" * 32, skip]] + [[skip, skip]] * 3
