@@ -97,6 +97,8 @@ class TurnUpdate:
     usage: dict | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     error_code: str | None = None  # ProviderError.code when a provider failed (HTTP API)
+    finished: Finished | None = field(default=None, repr=False)  # the provider's last event
+    first_token_at: float | None = field(default=None, repr=False)  # time.monotonic()
 
 
 @dataclass
@@ -521,8 +523,7 @@ class ChatService:
         update = TurnUpdate(conversation_id=cid, provider=provider.id, model=model)
         messages: list[dict] = []
         image_tokens: int | None = None
-        finished: Finished | None = None
-        started, first_token = time.monotonic(), None
+        started = time.monotonic()
         try:
             messages, image_tokens = await self._context(
                 store, cid, provider, model, system_prompt, detail
@@ -537,20 +538,8 @@ class ChatService:
                 top_p=top_p,
                 api_key=api_key,
             )
-            async for batch in coalesce(events, self.stream_interval):
-                first_token = first_token or time.monotonic()
-                for event in batch:
-                    if isinstance(event, ContentDelta):
-                        update.answer += event.text
-                    elif isinstance(event, ReasoningDelta):
-                        update.reasoning += event.text
-                    elif isinstance(event, Finished):
-                        finished = event
-                yield update
-            update.status = "complete"
-            if finished and finished.reason == "length":
-                update.status = "incomplete"
-                update.error = "The answer hit the model's length limit. Ask it to continue."
+            async for streamed in self._stream_answer(update, events):
+                yield streamed
         except ProviderError as exc:
             update.status = "incomplete" if update.answer else "error"
             update.error = str(exc)
@@ -564,15 +553,33 @@ class ChatService:
             raise
         finally:
             # Shielded: a Stop cancels this task, but the partial answer must still be saved.
-            update.usage = usage_of(finished, messages, update, image_tokens)
-            await asyncio.shield(self._save_answer(store, cid, update, finished))
-            log_turn(update, image_count, started, first_token)
+            update.usage = usage_of(update.finished, messages, update, image_tokens)
+            await asyncio.shield(self._save_answer(store, cid, update))
+            log_turn(update, image_count, started)
         update.done = True
         yield update
 
-    async def _save_answer(
-        self, store: HistoryStore, cid: str, update: TurnUpdate, finished: Finished | None
-    ) -> None:
+    async def _stream_answer(
+        self, update: TurnUpdate, events: AsyncIterator[StreamEvent]
+    ) -> AsyncIterator[TurnUpdate]:
+        """Fill `update` from the provider's events at the coalesced pace, then mark it
+        complete (or incomplete at the length limit). Provider errors propagate."""
+        async for batch in coalesce(events, self.stream_interval):
+            update.first_token_at = update.first_token_at or time.monotonic()
+            for event in batch:
+                if isinstance(event, ContentDelta):
+                    update.answer += event.text
+                elif isinstance(event, ReasoningDelta):
+                    update.reasoning += event.text
+                elif isinstance(event, Finished):
+                    update.finished = event
+            yield update
+        update.status = "complete"
+        if update.finished and update.finished.reason == "length":
+            update.status = "incomplete"
+            update.error = "The answer hit the model's length limit. Ask it to continue."
+
+    async def _save_answer(self, store: HistoryStore, cid: str, update: TurnUpdate) -> None:
         if update.status == "streaming":  # closed without a Stop or an error: treat as stopped
             update.status, update.error = "incomplete", "Stopped."
         message = {
@@ -701,27 +708,14 @@ class ChatService:
         upstream += await self._stateless_context(recent, chosen, model_id, detail)
         image_count = sum(len(m.images) for m in recent)
         update = TurnUpdate(conversation_id="", provider=chosen.id, model=model_id)
-        finished: Finished | None = None
-        started, first_token = time.monotonic(), None
+        started = time.monotonic()
         try:
             yield update
             events = self.providers.stream(
                 chosen.id, model_id, upstream, temperature=temperature, max_tokens=max_tokens
             )
-            async for batch in coalesce(events, self.stream_interval):
-                first_token = first_token or time.monotonic()
-                for event in batch:
-                    if isinstance(event, ContentDelta):
-                        update.answer += event.text
-                    elif isinstance(event, ReasoningDelta):
-                        update.reasoning += event.text
-                    elif isinstance(event, Finished):
-                        finished = event
-                yield update
-            update.status = "complete"
-            if finished and finished.reason == "length":
-                update.status = "incomplete"
-                update.error = "The answer hit the model's length limit. Ask it to continue."
+            async for streamed in self._stream_answer(update, events):
+                yield streamed
         except ProviderError as exc:
             update.status = "incomplete" if update.answer else "error"
             update.error, update.error_code = str(exc), exc.code
@@ -729,8 +723,8 @@ class ChatService:
             update.status, update.error = "incomplete", "Stopped."
             raise
         finally:
-            update.usage = finished.usage if finished else None
-            log_turn(update, image_count, started, first_token)
+            update.usage = update.finished.usage if update.finished else None
+            log_turn(update, image_count, started)
         update.done = True
         yield update
 
@@ -831,7 +825,7 @@ class ChatService:
         return str(path)
 
 
-def log_turn(update: TurnUpdate, images: int, started: float, first_token: float | None) -> None:
+def log_turn(update: TurnUpdate, images: int, started: float) -> None:
     """One structured line per turn; never the message text or a key."""
     now = time.monotonic()
     record = {
@@ -842,7 +836,9 @@ def log_turn(update: TurnUpdate, images: int, started: float, first_token: float
         "model": update.model,
         "images": images,
         "tokens": (update.usage or {}).get("total_tokens"),
-        "ttft_ms": round((first_token - started) * 1000) if first_token else None,
+        "ttft_ms": (
+            round((update.first_token_at - started) * 1000) if update.first_token_at else None
+        ),
         "duration_ms": round((now - started) * 1000),
         "outcome": update.status if update.error != "Stopped." else "stopped",
     }
