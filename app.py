@@ -1101,7 +1101,8 @@ def main(argv: list[str] | None = None) -> int | None:
     )
     # httpx logs every request URL at INFO: provider URLs may carry credentials, and a line
     # per streamed request is noise next to our own one line per turn.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # openai's client logs through either, by version
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = parse_args(argv)
     if args.check:  # before launch: the check prints its table and exits
         import check
