@@ -363,13 +363,22 @@ async def compare(cid: str, state: dict, http: gr.Request, *options):
         yield out
 
 
-async def edit(edited: gr.EditData, cid: str, state: dict, http: gr.Request, *options):
+def begin_edit(edited: gr.EditData):
+    """The edit event's data (index, new text), kept for the streaming step that follows:
+    Gradio gives event data only to the step the event itself triggers."""
+    return {"index": edited.index, "value": edited.value}, *busy(True)
+
+
+async def edit(edited: dict | None, cid: str, state: dict, http: gr.Request, *options):
     """The user edited one of their messages in the chat: answer again from there."""
-    shown, positions = await service.display_indexed(cid)
-    index = edited.index if isinstance(edited.index, int) else edited.index[0]
-    if not cid or not 0 <= index < len(positions):
+    if not cid or not edited:
         return
-    text = edited.value if isinstance(edited.value, str) else str(edited.value or "")
+    shown, positions = await service.display_indexed(cid)
+    index = edited["index"] if isinstance(edited["index"], int) else edited["index"][0]
+    if not 0 <= index < len(positions):
+        return
+    value = edited["value"]
+    text = value if isinstance(value, str) else str(value or "")
     position = positions[index]
     kept = [m for m, p in zip(shown, positions, strict=True) if p < position]
     user = [m for m, p in zip(shown, positions, strict=True) if p == position][:1]
@@ -945,15 +954,11 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     forget_keys_btn.click(forget_keys, provider, [keys_state, provider, *key_boxes], **PRIVATE)
     check_btn.click(check_all, keys_state, check_result, **PRIVATE)
 
-    def wire_turn(trigger, fn, inputs):
+    busy_outputs = [chat_input, stop_btn, retry_btn, undo_btn, compare_btn]
+
+    def wire_turn(trigger, fn, inputs, start=lambda: busy(True), start_outputs=busy_outputs):
         """A streaming turn: busy UI first, then the stream, then back to idle whatever happened."""
-        started = trigger(
-            lambda: busy(True),
-            None,
-            [chat_input, stop_btn, retry_btn, undo_btn, compare_btn],
-            queue=False,
-            **PRIVATE,
-        )
+        started = trigger(start, None, start_outputs, queue=False, **PRIVATE)
         streaming = started.then(fn, inputs, turn_outputs, **PRIVATE)
         streaming.then(after_turn, [conversation_id, browser, chatbot], idle_outputs, **PRIVATE)
         return streaming
@@ -963,7 +968,14 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     )
     retried = wire_turn(retry_btn.click, retry, [conversation_id, browser, *turn_inputs])
     compared = wire_turn(compare_btn.click, compare, [conversation_id, browser, *turn_inputs])
-    edited = wire_turn(chatbot.edit, edit, [conversation_id, browser, *turn_inputs])
+    edit_data = gr.State(None)
+    edited = wire_turn(
+        chatbot.edit,
+        edit,
+        [edit_data, conversation_id, browser, *turn_inputs],
+        start=begin_edit,
+        start_outputs=[edit_data, *busy_outputs],
+    )
     stop_btn.click(None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE)
     undo_btn.click(undo, conversation_id, [chatbot, chat_input], **PRIVATE).then(
         after_turn, [conversation_id, browser], idle_outputs, **PRIVATE

@@ -98,3 +98,25 @@ def test_check_providers_button_shows_the_table(chat):
     chat.page.wait_for_selector("#check-result table")
     text = chat.page.locator("#check-result").inner_text()
     assert "openai" in text and "demo" in text and "providers passed" in text
+
+
+def test_edit_a_message_then_compare_two_answers(chat, upstream):
+    chat.send("first question")
+    chat.wait_for_answer("Echo: first question")
+    chat.page.locator("#chatbot [data-testid=user]").first.hover()
+    chat.page.locator("#chatbot button[aria-label='Edit']").first.click()
+    chat.page.locator("#chatbot textarea").first.fill("edited question")
+    chat.page.locator("#chatbot button[aria-label='Submit']").first.click()
+    chat.wait_for_answer("Echo: edited question")
+    chat.wait_idle()
+    assert upstream.requests[-1]["messages"][1:] == [{"role": "user", "content": "edited question"}]
+    assert not any("first question" in text for text in chat.bot_texts())
+
+    before = len(upstream.requests)
+    chat.click("compare")
+    chat.page.wait_for_function(
+        "() => [...document.querySelectorAll('#chatbot [data-testid=bot]')]"
+        ".filter(e => e.innerText.includes('Echo: edited question')).length >= 2"
+    )
+    chat.wait_idle()
+    assert len(upstream.requests) == before + 1, "Compare asked the model once more"
