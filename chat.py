@@ -310,13 +310,7 @@ class ChatService:
     async def _prepare(
         self, paths: Sequence[str], provider: Provider, model: str, detail: str
     ) -> list[PreparedImage]:
-        if not paths:
-            return []
-        if not provider.supports_vision(model):
-            raise ChatError(
-                f"{model} cannot see images. Pick a vision model (marked 👁) or remove the "
-                "images and send again."
-            )
+        """Uploaded files, read and prepared (see _prepare_items)."""
         items = []
         for path in paths:
             name = Path(path).name
@@ -324,6 +318,19 @@ class ChatService:
                 items.append((name, await asyncio.to_thread(Path(path).read_bytes)))
             except OSError:
                 raise ChatError(f'"{name}" could not be read. Attach it again.') from None
+        return await self._prepare_items(items, provider, model, detail)
+
+    async def _prepare_items(
+        self, items: list[tuple[str, bytes]], provider: Provider, model: str, detail: str
+    ) -> list[PreparedImage]:
+        """(name, bytes) images validated and optimised for the model; ChatError if refused."""
+        if not items:
+            return []
+        if not provider.supports_vision(model):
+            raise ChatError(
+                f"{model} cannot see images. Pick a vision model (👁 in the model list) or "
+                "remove the images and send again."
+            )
         try:
             return await prepare_images(
                 items,
@@ -642,15 +649,13 @@ class ChatService:
             messages.append(
                 {
                     "role": "user",
-                    "content": await self._user_content(
-                        store, message, vision, provider.id, detail
-                    ),
+                    "content": await self._user_content(store, message, vision, detail),
                 }
             )
         return messages, image_tokens
 
     async def _user_content(
-        self, store: HistoryStore, message: dict, vision: bool, provider_id: str, detail: str
+        self, store: HistoryStore, message: dict, vision: bool, detail: str
     ) -> str | list[dict]:
         refs = message.get("images") or []
         if not refs:
@@ -666,7 +671,7 @@ class ChatService:
                 reason = "expired" if vision else "not shown to this model"
                 parts.append({"type": "text", "text": f"[image {ref.get('name', '')}: {reason}]"})
                 continue
-            parts.append(image_part(*stored, provider_id=provider_id, detail=detail))
+            parts.append(image_part(*stored, detail=detail))
         return parts
 
     # -- a stateless turn: the client sends the whole conversation (HTTP API) ------------
@@ -733,21 +738,8 @@ class ChatService:
     ) -> list[dict]:
         """The client's messages in the OpenAI format, images validated and optimised."""
         items = [(name, raw) for m in recent for name, raw in m.images]
-        if items and not provider.supports_vision(model):
-            raise ChatError(f"{model} cannot see images. Pick a vision model or remove the images.")
-        try:
-            prepared = await prepare_images(
-                items,
-                max_bytes=self.settings.max_image_bytes,
-                provider_id=provider.id,
-                model=model,
-                detail=detail,
-            )
-        except ImageRejected as exc:
-            raise ChatError(str(exc)) from None
-        parts_of = (
-            image_part(i.data, i.mime, provider_id=provider.id, detail=detail) for i in prepared
-        )
+        prepared = await self._prepare_items(items, provider, model, detail)
+        parts_of = (image_part(i.data, i.mime, detail=detail) for i in prepared)
         out: list[dict] = []
         for message in recent:
             if not message.images:
@@ -914,7 +906,7 @@ def effective_detail(provider_id: str, detail: str) -> str:
     return "high" if detail == "auto" and provider_id == "siliconflow" else detail
 
 
-def image_part(data: bytes, mime: str, *, provider_id: str, detail: str) -> dict:
+def image_part(data: bytes, mime: str, *, detail: str) -> dict:
     """An OpenAI-style image part; `detail` is sent only when it is not the default."""
     import base64
 

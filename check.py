@@ -451,7 +451,7 @@ async def _check_image(
     providers: Providers, provider: Provider, api_key: str | None, result: CheckResult
 ) -> None:
     result.running = "image"
-    part = image_part(TINY_PNG, "image/png", provider_id=provider.id, detail="auto")
+    part = image_part(TINY_PNG, "image/png", detail="auto")
     messages = [{"role": "user", "content": [{"type": "text", "text": IMAGE_PROMPT}, part]}]
     try:
         await _ask(providers, provider.id, result.model, messages, api_key)
