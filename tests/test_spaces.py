@@ -17,6 +17,7 @@ import yaml
 from gradio_client import Client
 from packaging.requirements import Requirement
 
+from providers import Providers
 from tests.app_server import ROOT, AppServer
 from tests.browser import ChatPage, browser_fixture, context_factory  # noqa: F401  (fixtures)
 
@@ -24,16 +25,8 @@ from tests.browser import ChatPage, browser_fixture, context_factory  # noqa: F4
 # push-time check that refuses a short_description over 60 characters).
 COLOURS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 SDKS = {"gradio", "streamlit", "docker", "static"}
-PROVIDER_KEYS = [
-    "OPENAI_API_KEY",
-    "DEEPSEEK_API_KEY",
-    "ARK_API_KEY",
-    "MOONSHOT_API_KEY",
-    "DASHSCOPE_API_KEY",
-    "ZHIPUAI_API_KEY",
-    "SILICONFLOW_API_KEY",
-    "OPENROUTER_API_KEY",
-]
+# Every provider key variable (from the registry itself, so a new preset is checked too).
+PROVIDER_KEYS = [p.key_env for p in Providers({}).all() if p.key_env]
 
 
 def readme() -> str:
