@@ -193,6 +193,13 @@ def max_body_bytes(max_message_chars: int) -> int:
     return 1024 * 1024 + 2 * 6 * max_message_chars
 
 
+async def send_json(send: Callable, status: int, body: bytes) -> None:
+    """A whole JSON response from an ASGI middleware (before the app answered)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodySizeLimit:
     """ASGI middleware: refuse request bodies over `max_bytes` with a 413 and a short JSON
     message, before they are read into memory. Only paths under `prefixes` are checked, and
@@ -255,17 +262,7 @@ class BodySizeLimit:
     async def _refuse(self, send: Callable) -> None:
         limit_mb = self.max_bytes / (1024 * 1024)
         body = b'{"error": "The request is too large (over %.1f MB). Send less text."}' % limit_mb
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, body)
 
 
 class _BodyTooLarge(Exception):
@@ -337,17 +334,7 @@ class UnknownEndpoint:
                 raise
             log.info("unknown API endpoint requested: %s", scope.get("path", "")[:100])
             body = b'{"error": "No such API endpoint. The list is at /gradio_api/info."}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 404, body)
 
 
 # Raw HTML that sanitised Markdown would still render as live controls or embeds.
