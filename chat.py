@@ -438,9 +438,7 @@ class ChatService:
             store = await self.store()
             await self._conversation_meta(store, cid)
             messages = await store.get_messages(cid)
-            trailing = 0
-            while trailing < len(messages) and messages[-1 - trailing]["role"] == "assistant":
-                trailing += 1
+            trailing = trailing_answers(messages)
             if trailing == len(messages):
                 raise ChatError("There is no message to answer again yet.")
             last_user = messages[-1 - trailing]
@@ -504,9 +502,7 @@ class ChatService:
             messages = await store.get_messages(cid)
         except HistoryUnavailable as exc:
             raise ChatError(f"{exc} Try again in a moment.") from None
-        count = 0
-        while count < len(messages) and messages[-1 - count]["role"] == "assistant":
-            count += 1
+        count = trailing_answers(messages)
         if count == len(messages):
             return None
         removed = await store.pop_messages(cid, count + 1)
@@ -835,6 +831,14 @@ def log_turn(update: TurnUpdate, images: int, started: float) -> None:
         "outcome": update.status if update.error != "Stopped." else "stopped",
     }
     log.info(json.dumps(record))
+
+
+def trailing_answers(messages: Sequence[dict]) -> int:
+    """How many assistant messages end the conversation (after its last user message)."""
+    count = 0
+    while count < len(messages) and messages[-1 - count]["role"] == "assistant":
+        count += 1
+    return count
 
 
 def sampling_meta(req: TurnRequest) -> dict[str, str]:
