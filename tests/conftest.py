@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from tests.fake_upstream import FakeUpstream
 from tests.servers import RedisServer
 
 
@@ -27,3 +28,11 @@ def redis_url(redis_server):
 def anyio_backend():
     """Async tests use `@pytest.mark.anyio` (anyio ships with gradio) on asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """The fake OpenAI-compatible server (real HTTP), shared by a module's tests; modules
+    that need a fresh one per test define their own `upstream`."""
+    with FakeUpstream() as server:
+        yield server

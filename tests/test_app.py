@@ -15,14 +15,8 @@ from PIL import Image
 
 from config import ROLES
 from tests.app_server import ROOT, AppServer
-from tests.fake_upstream import FakeUpstream, error, slow
+from tests.fake_upstream import error, slow
 from tests.servers import free_port
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

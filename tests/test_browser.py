@@ -36,12 +36,6 @@ from tests.fake_upstream import FakeUpstream, error, reply, slow
 DB = 7  # this module's database on the private redis-server
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
-
-
 def app_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
     return {
         "OPENAI_API_KEY": "sk-test-browser-openai",

@@ -13,12 +13,6 @@ from tests.fake_upstream import FakeUpstream
 from tests.servers import RedisServer
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
-
-
 def app_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
     return {
         "OPENAI_API_KEY": "sk-test-conversations",
@@ -40,12 +34,18 @@ def test_two_replicas_share_conversations(redis_url, upstream):
         assert reply == "Echo: hello from replica one"
         history = two.predict(conversation_id=cid, api_name="/history")
         assert [m["content"] for m in history] == [
-            "hello from replica one", "Echo: hello from replica one"]
+            "hello from replica one",
+            "Echo: hello from replica one",
+        ]
         reply, same = chat(two, message="continued on two", conversation_id=cid)
         assert same == cid
         # the second replica sent the whole conversation as context
         assert [m["role"] for m in upstream.requests[-1]["messages"]] == [
-            "system", "user", "assistant", "user"]
+            "system",
+            "user",
+            "assistant",
+            "user",
+        ]
         assert len(one.predict(conversation_id=cid, api_name="/history")) == 4
 
 
@@ -64,8 +64,9 @@ def test_app_restart_with_persisting_redis_loses_nothing(upstream, tmp_path):
             client = Client(app.url, verbose=False)
             after = client.predict(conversation_id=cid, api_name="/history")
             assert after == before and after[0]["images"][0]["sha256"]
-            exported = json.loads(client.predict(conversation_id=cid, format="json",
-                                                 api_name="/export_conversation"))
+            exported = json.loads(
+                client.predict(conversation_id=cid, format="json", api_name="/export_conversation")
+            )
             assert exported["messages"][0]["images"], "the image survived both restarts"
     finally:
         redis.close()
@@ -79,8 +80,9 @@ def test_export_and_import_round_trip(redis_url, upstream, tmp_path):
         _, cid = chat(client, message="a picture", images=[handle_file(image)])
         chat(client, message="second message", conversation_id=cid)
         data = client.predict(conversation_id=cid, format="json", api_name="/export_conversation")
-        markdown = client.predict(conversation_id=cid, format="markdown",
-                                  api_name="/export_conversation")
+        markdown = client.predict(
+            conversation_id=cid, format="markdown", api_name="/export_conversation"
+        )
         assert "a picture" in markdown and "Echo: second message" in markdown
         ref = json.loads(data)["messages"][0]["images"][0]
         assert ref["mime"] == "image/png" and len(ref["data"]) > 50, "images are in the JSON"
@@ -90,7 +92,8 @@ def test_export_and_import_round_trip(redis_url, upstream, tmp_path):
         original = client.predict(conversation_id=cid, api_name="/history")
         imported = client.predict(conversation_id=new_cid, api_name="/history")
         assert [(m["role"], m["content"]) for m in imported] == [
-            (m["role"], m["content"]) for m in original]
+            (m["role"], m["content"]) for m in original
+        ]
         assert imported[0]["images"][0]["sha256"] == original[0]["images"][0]["sha256"]
         with pytest.raises(Exception, match="Import failed"):
             client.predict(data="{not json", api_name="/import_conversation")

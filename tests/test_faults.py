@@ -45,12 +45,6 @@ READ_TIMEOUT_S = 2  # PROVIDER_TIMEOUT_SECONDS: how long a stalled stream is wai
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def history_redis():
     """This module's own redis-server (AOF on): the Redis-outage test stops and restarts it."""
     server = RedisServer(aof=True).start()

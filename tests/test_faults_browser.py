@@ -20,15 +20,9 @@ from tests.browser import (  # noqa: F401  (fixtures)
     context_factory,
     shot,
 )
-from tests.fake_upstream import FakeUpstream, cut, reply
+from tests.fake_upstream import cut, reply
 
 DB = 8  # this module's database on the private redis-server
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

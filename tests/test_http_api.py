@@ -22,17 +22,11 @@ from chat import ChatService
 from config import ROLES, load_settings
 from providers import Providers
 from tests.app_server import ROOT, AppServer
-from tests.fake_upstream import FakeUpstream, error, mid_error, reply, slow
+from tests.fake_upstream import error, mid_error, reply, slow
 from tests.servers import RedisServer
 
 MAX_CHARS = 3000
 KEY = "sk-test-PLANTED-http-key"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

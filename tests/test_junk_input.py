@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.app_server import AppServer
-from tests.fake_upstream import FakeUpstream
 
 GENERIC = "has raised an exception but has not enabled verbose error reporting"
 EXAMPLES = settings(
@@ -23,12 +22,6 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -81,12 +81,6 @@ def chat_many(url: str, count: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def default_app(upstream):
     """The app as shipped: no CONCURRENCY_LIMIT, no MAX_THREADS."""
     with AppServer(app_env(upstream)) as server:

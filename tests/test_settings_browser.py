@@ -7,16 +7,9 @@ import pytest
 
 from tests.app_server import AppServer
 from tests.browser import ChatPage, browser_fixture, context_factory  # noqa: F401  (fixtures)
-from tests.fake_upstream import FakeUpstream
 
 USER_KEY = "sk-browser-user-key-77"
 KIMI = "Kimi (Moonshot) (your key)"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
