@@ -16,16 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event, even
-# with monitoring off: 1.3 ms per event at first, 6 ms once the 10,000 are there. Never.
-os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
-
 import gradio as gr
 from gradio.data_classes import ListFiles
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
+import gradio_tuning
 import http_api
 from chat import (
     STATUS_NOTES,
@@ -51,6 +47,7 @@ from providers import Providers
 from ui_text import I18N, i18n
 
 log = logging.getLogger("app")
+gradio_tuning.apply()  # before any Blocks, queue or session exists
 STORAGE_KEY = "mmchat-browser"
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
@@ -237,15 +234,33 @@ def on_role_change(role: str) -> gr.Group:
     return gr.Group(visible=role == CUSTOM_ROLE)
 
 
-def busy(is_busy: bool) -> tuple:
-    """Input, Stop, Retry, Undo and Compare while an answer streams (busy) or not."""
+# Input, Stop, Retry, Undo and Compare while an answer streams (busy) or not (idle). These
+# two run in the browser (js=True: Gradio transpiles them to JavaScript): on the server each
+# property update rebuilds its component and JSON schema, ~1 ms apiece, ten per turn.
+
+
+def show_busy() -> tuple:
     return (
-        gr.MultimodalTextbox(interactive=not is_busy),
-        gr.Button(visible=is_busy),
-        gr.Button(interactive=not is_busy),
-        gr.Button(interactive=not is_busy),
-        gr.Button(interactive=not is_busy),
+        gr.MultimodalTextbox(interactive=False),
+        gr.Button(visible=True),
+        gr.Button(interactive=False),
+        gr.Button(interactive=False),
+        gr.Button(interactive=False),
     )
+
+
+def show_idle() -> tuple:
+    return (
+        gr.MultimodalTextbox(interactive=True),
+        gr.Button(visible=False),
+        gr.Button(interactive=True),
+        gr.Button(interactive=True),
+        gr.Button(interactive=True),
+    )
+
+
+def enable_input() -> gr.MultimodalTextbox:
+    return gr.MultimodalTextbox(interactive=True)
 
 
 async def stream_into_chat(shown: list[dict], updates, failed_input=None, box_is_empty=False):
@@ -366,7 +381,7 @@ async def compare(cid: str, state: dict, http: gr.Request, *options):
 def begin_edit(edited: gr.EditData):
     """The edit event's data (index, new text), kept for the streaming step that follows:
     Gradio gives event data only to the step the event itself triggers."""
-    return {"index": edited.index, "value": edited.value}, *busy(True)
+    return {"index": edited.index, "value": edited.value}
 
 
 async def edit(edited: dict | None, cid: str, state: dict, http: gr.Request, *options):
@@ -444,7 +459,7 @@ async def after_turn(cid: str, state: dict, shown_now: list | None = None):
     except (ChatError, HistoryUnavailable) as exc:
         gr.Warning(str(exc))
         shown, listing, usage = gr.skip(), gr.skip(), gr.skip()
-    return (shown, listing, state, usage, *busy(False))
+    return shown, listing, state, usage
 
 
 async def usage_markdown(cid: str) -> str:
@@ -920,11 +935,6 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         conversations,
         browser,
         usage_total,
-        chat_input,
-        stop_btn,
-        retry_btn,
-        undo_btn,
-        compare_btn,
     ]
     settings_outputs = [role, provider, model, temperature, top_p, max_tokens]
 
@@ -933,9 +943,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [browser, keys_state, prompts_state],
         [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
         **PRIVATE,
-    ).then(
-        lambda: gr.MultimodalTextbox(interactive=True), None, chat_input, queue=False, **PRIVATE
-    ).then(None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE)
+    ).then(enable_input, None, chat_input, js=True, **PRIVATE).then(None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE)
     provider.change(on_provider_change, provider, model, **PRIVATE)
     role.change(on_role_change, role, custom_group, **PRIVATE)
     saved_prompt.input(use_saved_prompt, [saved_prompt, prompts_state], custom_prompt, **PRIVATE)
@@ -956,25 +964,28 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
 
     busy_outputs = [chat_input, stop_btn, retry_btn, undo_btn, compare_btn]
 
-    def wire_turn(trigger, fn, inputs, start=lambda: busy(True), start_outputs=busy_outputs):
-        """A streaming turn: busy UI first, then the stream, then back to idle whatever happened."""
-        started = trigger(start, None, start_outputs, queue=False, **PRIVATE)
+    def wire_turn(trigger, fn, inputs, capture=None):
+        """A streaming turn: busy UI first, then the stream, then the stored truth and idle UI
+        whatever happened. `capture` keeps the event's data (only the first step gets it)."""
+        if capture:
+            started = trigger(capture, None, edit_data, queue=False, **PRIVATE)
+            started = started.then(show_busy, None, busy_outputs, js=True, **PRIVATE)
+        else:
+            started = trigger(show_busy, None, busy_outputs, js=True, **PRIVATE)
         streaming = started.then(fn, inputs, turn_outputs, **PRIVATE)
-        streaming.then(after_turn, [conversation_id, browser, chatbot], idle_outputs, **PRIVATE)
+        streaming.then(
+            after_turn, [conversation_id, browser, chatbot], idle_outputs, **PRIVATE
+        ).then(show_idle, None, busy_outputs, js=True, **PRIVATE)
         return streaming
 
+    edit_data = gr.State(None)
     submitted = wire_turn(
         chat_input.submit, respond, [chat_input, conversation_id, browser, *turn_inputs]
     )
     retried = wire_turn(retry_btn.click, retry, [conversation_id, browser, *turn_inputs])
     compared = wire_turn(compare_btn.click, compare, [conversation_id, browser, *turn_inputs])
-    edit_data = gr.State(None)
     edited = wire_turn(
-        chatbot.edit,
-        edit,
-        [edit_data, conversation_id, browser, *turn_inputs],
-        start=begin_edit,
-        start_outputs=[edit_data, *busy_outputs],
+        chatbot.edit, edit, [edit_data, conversation_id, browser, *turn_inputs], begin_edit
     )
     stop_btn.click(None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE)
     undo_btn.click(undo, conversation_id, [chatbot, chat_input], **PRIVATE).then(

@@ -295,7 +295,8 @@ class Page:
                 inputs=d["inputs"],
                 outputs=d["outputs"],
                 queue=d.get("queue") is not False,
-                backend=bool(d.get("backend_fn", True)),
+                # js=True steps run in the browser (Gradio transpiles them), not on the server
+                backend=bool(d.get("backend_fn", True)) and not d.get("js_implementation"),
                 api_name=d.get("api_name"),
                 after=d.get("trigger_after"),
                 only_success=bool(d.get("trigger_only_on_success")),
