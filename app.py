@@ -263,17 +263,19 @@ def enable_input() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(interactive=True)
 
 
-async def stream_into_chat(shown: list[dict], updates, failed_input=None, box_is_empty=False):
-    """Yield the Chatbot while `updates` streams; problems become an inline notice + toast.
+async def stream_into_chat(
+    shown: list[dict], updates, state: dict, cid: str, failed_input=None, box_is_empty=False
+):
+    """Yield the turn's outputs (TURN_OUTPUTS) while `updates` streams, then, last, the
+    stored conversation, the list and the usage (`after_turn`): one event per turn, not two.
+    Problems become an inline notice + toast.
 
-    Per update only the Chatbot should cost anything. Any component update (even gr.skip())
-    makes Gradio rebuild that component and its JSON schema, ~2 ms a time, so the
-    conversation id goes out only when it changes, and an input box known to be empty (and
-    locked) gets the plain value None; a box that may hold a draft (Retry, Edit) must be
-    left alone with gr.skip(), which costs that price (measured: bench/bench_load.py).
+    Per update only the Chatbot should cost anything: the conversation id goes out only when
+    it changes, the other outputs are left alone (gr.skip(), free with gradio_tuning), and
+    an input box known to be empty (and locked) gets the plain value None.
     """
     input_box = None if box_is_empty else gr.skip()
-    update, sent_cid = None, None
+    update, shown_now = None, None
     try:
         async for update in updates:
             answer = display_answer(
@@ -284,19 +286,29 @@ async def stream_into_chat(shown: list[dict], updates, failed_input=None, box_is
                 streaming=not update.done,
                 usage=update.usage if update.done else None,
             )
-            cid = update.conversation_id if update.conversation_id != sent_cid else gr.skip()
-            sent_cid = update.conversation_id
-            yield [*shown, *answer], cid, input_box
+            shown_now = [*shown, *answer]
+            new_cid = update.conversation_id if update.conversation_id != cid else gr.skip()
+            cid = update.conversation_id or cid
+            yield shown_now, new_cid, input_box, *SKIP_REST
         if update is not None and update.error:
             gr.Warning(update.error)
     except ChatError as exc:
         gr.Warning(str(exc))
-        notice = display_answer("", status="error", error=str(exc))
+        shown_now = [*shown, *display_answer("", status="error", error=str(exc))]
         # The message goes back into the input box: nothing the user typed is lost.
         restored = (
             gr.MultimodalTextbox(value=failed_input) if failed_input else gr.MultimodalTextbox()
         )
-        yield [*shown, *notice], gr.skip(), restored
+        yield shown_now, gr.skip(), restored, *SKIP_REST
+    if cid:
+        stored, listing, state, usage = await after_turn(cid, state, shown_now)
+        yield stored, gr.skip(), gr.skip(), listing, state, usage
+
+
+# A streaming turn's outputs: chatbot, conversation_id, chat_input, then the list, the
+# browser state and the usage, which only its last update sets.
+TURN_OUTPUTS = ("chatbot", "conversation_id", "chat_input", "list", "browser", "usage")
+SKIP_REST = (gr.skip(),) * 3  # the list, the browser state and the usage: left alone
 
 
 def turn_options(
@@ -338,17 +350,19 @@ async def respond(message: dict, cid: str, state: dict, http: gr.Request, *optio
         # Redis is down: nothing can be stored, so nothing is sent. The chat on screen stays
         # as it is (redrawing it would blank it) and the message stays in the box.
         gr.Warning(f"{exc} Your message was not sent; send it again.")
-        yield gr.skip(), gr.skip(), gr.skip()  # a generator that never yields blanks them
+        yield (gr.skip(),) * len(TURN_OUTPUTS)  # a generator that never yields blanks them
         return
     except ChatError:
         shown = []
     shown += display_user(text, paths)
-    yield shown, cid, None  # empties the box: a plain value, cheaper than an update
+    yield shown, gr.skip(), None, *SKIP_REST  # empties the box: a plain value, no update
     request = turn_options(*options)
     request.text, request.images, request.conversation_id = text, paths, cid
     request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
     turn = service.turn(request)
-    async for out in stream_into_chat(shown, turn, failed_input=message, box_is_empty=True):
+    async for out in stream_into_chat(
+        shown, turn, state, cid, failed_input=message, box_is_empty=True
+    ):
         yield out
 
 
@@ -369,7 +383,7 @@ async def retry(cid: str, state: dict, http: gr.Request, *options, keep_previous
     request.conversation_id, request.browser_id = cid, browser_id_of(state)
     request.client_ip = client_ip(http)
     updates = service.retry(request, keep_previous=keep_previous)
-    async for out in stream_into_chat(shown, updates):
+    async for out in stream_into_chat(shown, updates, state, cid):
         yield out
 
 
@@ -405,7 +419,7 @@ async def edit(edited: dict | None, cid: str, state: dict, http: gr.Request, *op
     request = turn_options(*options)
     request.text, request.conversation_id = text, cid
     request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
-    async for out in stream_into_chat([*kept, *user], service.edit(request, position)):
+    async for out in stream_into_chat([*kept, *user], service.edit(request, position), state, cid):
         yield out
 
 
@@ -929,13 +943,8 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         max_tokens,
         keys_state,
     ]
-    turn_outputs = [chatbot, conversation_id, chat_input]
-    idle_outputs = [
-        chatbot,
-        conversations,
-        browser,
-        usage_total,
-    ]
+    idle_outputs = [chatbot, conversations, browser, usage_total]  # after_turn's
+    turn_outputs = [chatbot, conversation_id, chat_input, conversations, browser, usage_total]
     settings_outputs = [role, provider, model, temperature, top_p, max_tokens]
 
     demo.load(
@@ -943,7 +952,9 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [browser, keys_state, prompts_state],
         [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
         **PRIVATE,
-    ).then(enable_input, None, chat_input, js=True, **PRIVATE).then(None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE)
+    ).then(enable_input, None, chat_input, js=True, **PRIVATE).then(
+        None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE
+    )
     provider.change(on_provider_change, provider, model, **PRIVATE)
     role.change(on_role_change, role, custom_group, **PRIVATE)
     saved_prompt.input(use_saved_prompt, [saved_prompt, prompts_state], custom_prompt, **PRIVATE)
@@ -965,17 +976,16 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     busy_outputs = [chat_input, stop_btn, retry_btn, undo_btn, compare_btn]
 
     def wire_turn(trigger, fn, inputs, capture=None):
-        """A streaming turn: busy UI first, then the stream, then the stored truth and idle UI
-        whatever happened. `capture` keeps the event's data (only the first step gets it)."""
+        """A streaming turn: busy UI first (in the browser), then the stream, whose last
+        update is the stored truth, then idle UI. `capture` keeps the event's data (only the
+        first step gets it)."""
         if capture:
             started = trigger(capture, None, edit_data, queue=False, **PRIVATE)
             started = started.then(show_busy, None, busy_outputs, js=True, **PRIVATE)
         else:
             started = trigger(show_busy, None, busy_outputs, js=True, **PRIVATE)
         streaming = started.then(fn, inputs, turn_outputs, **PRIVATE)
-        streaming.then(
-            after_turn, [conversation_id, browser, chatbot], idle_outputs, **PRIVATE
-        ).then(show_idle, None, busy_outputs, js=True, **PRIVATE)
+        streaming.then(show_idle, None, busy_outputs, js=True, **PRIVATE)
         return streaming
 
     edit_data = gr.State(None)
@@ -987,7 +997,12 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     edited = wire_turn(
         chatbot.edit, edit, [edit_data, conversation_id, browser, *turn_inputs], begin_edit
     )
-    stop_btn.click(None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE)
+    # A stopped stream never reaches its last update: show what was stored instead.
+    stop_btn.click(
+        None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE
+    ).then(after_turn, [conversation_id, browser], idle_outputs, **PRIVATE).then(
+        show_idle, None, busy_outputs, js=True, **PRIVATE
+    )
     undo_btn.click(undo, conversation_id, [chatbot, chat_input], **PRIVATE).then(
         after_turn, [conversation_id, browser], idle_outputs, **PRIVATE
     )

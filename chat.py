@@ -133,10 +133,11 @@ def system_prompt_for(role: str, custom_prompt: str = "") -> str:
 
 
 # Each update costs the server about the same CPU whatever it carries (Gradio's postprocess
-# and diff, one SSE message), so all streams of the process share one budget of updates per
-# second: with many streams open each gets fewer, larger updates and the CPU never saturates
+# and diff, one SSE message: ~1.5-2.5 ms), so all streams of the process share one budget of
+# updates per second: with many streams open each gets fewer, larger updates and the CPU never
+# saturates. Alone a stream gets 20 updates/s; 7 share them at full rate; 40 get ~4/s each
 # (measured in bench/bench_load.py: 40 streams at 20 updates/s each cost more than a core).
-UPDATES_PER_SECOND = 400
+UPDATES_PER_SECOND = 150
 _open_streams = 0
 
 

@@ -88,7 +88,7 @@ def _lazy_session_config() -> None:
         def components(self) -> Iterator[dict]:
             # The deep link (the only reader of every block's config) gets them all.
             for key in self._config_ids:
-                if key not in self.config_values and self.get(key) is not None:
+                if key not in self.config_values:
                     block = self.blocks_config.blocks[key]
                     self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
                 if key in self._latest_values and key in self.config_values:

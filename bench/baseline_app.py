@@ -6,15 +6,21 @@ written the way Gradio's own guide shows it, with every Gradio default left alon
 `bench/bench_load.py` runs the same load against this and against `app.py`. The defaults it
 keeps (on purpose: they are what users get) include `default_concurrency_limit=1` per event,
 `max_threads=40`, a sync generator that yields the whole answer on every token, and history
-held in the session.
+held in the session, and the server `pip install gradio` gives: uvicorn on asyncio's own event
+loop and h11 (uvloop and httptools, which this app's requirements add, are hidden from it).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-import gradio as gr
-from openai import OpenAI
+# As after `pip install gradio` alone: uvicorn falls back to asyncio and h11 without these.
+sys.modules["uvloop"] = None  # type: ignore[assignment]
+sys.modules["httptools"] = None  # type: ignore[assignment]
+
+import gradio as gr  # noqa: E402
+from openai import OpenAI  # noqa: E402
 
 client = OpenAI()  # reads OPENAI_API_KEY and OPENAI_BASE_URL
 MODEL = os.environ.get("BASELINE_MODEL", "gpt-4o-mini")

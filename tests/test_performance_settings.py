@@ -14,6 +14,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -85,6 +86,26 @@ def default_app(upstream):
     """The app as shipped: no CONCURRENCY_LIMIT, no MAX_THREADS."""
     with AppServer(app_env(upstream)) as server:
         yield server
+
+
+def test_a_turn_is_one_server_event_with_busy_and_idle_in_the_browser(default_app):
+    """Sending a message runs one server event: the busy and idle states of the input and
+    buttons are set in the browser (transpiled to JavaScript), and the stream's last update
+    carries the stored conversation, so nothing runs on the server after it."""
+    config = httpx.get(f"{default_app.url}config", timeout=30).json()
+    deps = config["dependencies"]
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
+
+    def followers(dep: dict) -> list[dict]:
+        return [d for d in deps if d.get("trigger_after") == dep["id"]]
+
+    for target, event in ((ids["chat-input"], "submit"), (ids["retry"], "click")):
+        (first,) = [d for d in deps if [target, event] in d["targets"]]
+        assert "show_busy" in (first.get("js_implementation") or "")
+        (stream,) = followers(first)
+        assert stream["backend_fn"] and not stream.get("js_implementation")
+        after = followers(stream)
+        assert after and all("show_idle" in (d.get("js_implementation") or "") for d in after)
 
 
 def test_two_chats_stream_at_the_same_time(default_app, upstream):
@@ -203,15 +224,28 @@ import asyncio, json
 import app
 from chat import TurnUpdate
 
-async def updates():
-    for answer in ["", "Hel", "Hello", "Hello!"]:
-        yield TurnUpdate(conversation_id="c" * 32, answer=answer, done=answer == "Hello!")
+def brief(value):
+    return value if value is None or isinstance(value, (str, dict)) else type(value).__name__
 
 async def main():
-    out = {}
+    store = await app.service.store()
+    browser = "b" * 32
+    cid = await store.create_conversation(browser, title="probe", role="assistant")
+    stored = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    await store.append_turn(cid, stored, browser_id=browser)
+
+    async def updates():
+        for answer in ["", "Hel", "Hello", "Hello!"]:
+            yield TurnUpdate(conversation_id=cid, answer=answer, done=answer == "Hello!")
+
+    out = {"cid": cid}
     for empty in (True, False):
-        yielded = [o async for o in app.stream_into_chat([], updates(), box_is_empty=empty)]
-        out[str(empty)] = [[cid, box] for _, cid, box in yielded]
+        state = {"browser_id": browser, "conversation_id": ""}
+        yielded = [
+            o async for o in app.stream_into_chat([], updates(), state, "", box_is_empty=empty)
+        ]
+        out[str(empty)] = [[brief(v) for v in o[1:]] for o in yielded]
+        out["final_chat"] = [m["content"][0]["text"] for m in yielded[-1][0]]
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -219,10 +253,11 @@ asyncio.run(main())
 
 
 def test_streamed_ui_updates_carry_only_the_chat():
-    """Per update, only the Chatbot may change: a component update for the input box (even
-    gr.skip()) costs Gradio ~2 ms a time. The conversation id goes out once; the box gets a
-    plain None when it is known to be empty, and is left alone (gr.skip()) when it may hold
-    a draft (Retry, Edit)."""
+    """Per update, only the Chatbot may change: the conversation id goes out once, the box
+    gets a plain None when it is known to be empty and is left alone (gr.skip()) when it may
+    hold a draft (Retry, Edit), the list, browser state and usage are left alone. The last
+    update is the stored conversation with the list, the browser state and the usage (what
+    a second event after the stream did before: one event per turn now)."""
     env = {**AppServer().env, "OPENAI_API_KEY": "sk-test-perf"}
     done = subprocess.run(
         [sys.executable, "-c", STREAM_PROBE],
@@ -234,7 +269,11 @@ def test_streamed_ui_updates_carry_only_the_chat():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    skip = {"__type__": "update"}
+    skip, cid = {"__type__": "update"}, result["cid"]
+    final = [skip, skip, "Radio", {"browser_id": "b" * 32, "conversation_id": cid}, ""]
     respond, retry = result["True"], result["False"]
-    assert respond == [["c" * 32, None]] + [[skip, None]] * 3
-    assert retry == [["c" * 32, skip]] + [[skip, skip]] * 3
+    assert respond == [[cid, None, skip, skip, skip]] + [[skip, None, skip, skip, skip]] * 3 + [
+        final
+    ]
+    assert retry == [[cid, skip, skip, skip, skip]] + [[skip] * 5] * 3 + [final]
+    assert result["final_chat"] == ["Hi", "Hello!"]
