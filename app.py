@@ -124,10 +124,11 @@ def browser_id_of(state: dict | None) -> str:
     return browser_id if is_valid_id(browser_id) else new_id()
 
 
-async def conversation_list(browser_id: str) -> gr.Radio:
+async def conversation_list(browser_id: str, **selected: str | None) -> gr.Radio:
+    """The browser's conversations, newest first (`value=` selects one)."""
     store = await service.store()
     items = await store.list_conversations(browser_id)
-    return gr.Radio(choices=[(c.get("title") or "New chat", c["id"]) for c in items])
+    return gr.Radio(choices=[(c.get("title") or "New chat", c["id"]) for c in items], **selected)
 
 
 async def on_load(state: dict | None, keys: dict | None, prompts: dict | None):
@@ -464,20 +465,24 @@ async def after_turn(cid: str, state: dict, shown_now: list | None = None):
     browser_id = browser_id_of(state)
     state = {"browser_id": browser_id, "conversation_id": cid}
     try:
-        shown = await service.display(cid) if cid else gr.skip()
+        messages = await service.history(cid) if cid else []
+        shown = await service.display(cid, messages) if cid else gr.skip()
         if cid:
             shown += unsaved_notice(shown_now, shown)
-        listing = await conversation_list(browser_id)
-        listing = gr.Radio(choices=listing.choices, value=cid or None)
-        usage = await usage_markdown(cid)
+            if shown == shown_now:
+                shown = gr.skip()  # the browser shows exactly this already: not sent again
+        listing = await conversation_list(browser_id, value=cid or None)
+        usage = await usage_markdown(cid, messages)
     except (ChatError, HistoryUnavailable) as exc:
         gr.Warning(str(exc))
         shown, listing, usage = gr.skip(), gr.skip(), gr.skip()
     return shown, listing, state, usage
 
 
-async def usage_markdown(cid: str) -> str:
-    line = conversation_usage(await service.history(cid)) if cid else ""
+async def usage_markdown(cid: str, messages: list[dict] | None = None) -> str:
+    if messages is None:
+        messages = await service.history(cid) if cid else []
+    line = conversation_usage(messages)
     return f"**Usage · 用量:** {line}" if line else ""
 
 

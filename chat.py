@@ -754,11 +754,14 @@ class ChatService:
             raise ChatError("That conversation id is not valid (32 hexadecimal characters).")
         return await store.get_messages(cid)
 
-    async def display(self, cid: str) -> list[dict]:
-        """The stored conversation as Chatbot messages (images written to local files)."""
-        return (await self.display_indexed(cid))[0]
+    async def display(self, cid: str, messages: list[dict] | None = None) -> list[dict]:
+        """The stored conversation as Chatbot messages (images written to local files);
+        `messages`: its history, when the caller has just loaded it."""
+        return (await self.display_indexed(cid, messages))[0]
 
-    async def display_indexed(self, cid: str) -> tuple[list[dict], list[int]]:
+    async def display_indexed(
+        self, cid: str, messages: list[dict] | None = None
+    ) -> tuple[list[dict], list[int]]:
         """Chatbot messages, and for each one the position of the stored message it shows
         (a stored message may show as several: thinking, answer, usage, image receipt).
 
@@ -770,7 +773,8 @@ class ChatService:
             return [], []
         shown: list[dict] = []
         positions: list[int] = []
-        messages = await self.history(cid)
+        if messages is None:
+            messages = await self.history(cid)
         start = max(0, len(messages) - self.display_limit)
         if start:
             shown.append(earlier_note(start))

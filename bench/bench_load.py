@@ -343,7 +343,20 @@ class Run:
         return None if self.answer_done is None else self.answer_done - self.start
 
 
-Extract = Callable[[list], str]  # an event's outputs -> the answer text shown so far
+Extract = Callable[[list], str]
+
+
+def displayed(before: list | None, outputs: list) -> list:
+    """The values a browser shows after an event's outputs: a property update (gr.skip() or
+    gr.Button(interactive=...)) keeps the value shown before unless it carries one."""
+    before = before or [None] * len(outputs)
+    shown = []
+    for old, new in zip(before, outputs, strict=False):
+        if isinstance(new, dict) and new.get("__type__") == "update":
+            shown.append(new.get("value", old))
+        else:
+            shown.append(new)
+    return shown  # an event's outputs -> the answer text shown so far
 
 
 def api_text(outputs: list) -> str:
@@ -453,7 +466,8 @@ class Session:
             run.error = f"queue/join {joined.status_code}: {joined.text[:200]}"
             return False
         stream = f"{self.url}/gradio_api/queue/data"
-        outputs: list | None = None
+        outputs: list | None = None  # the raw outputs, which Gradio's diffs apply to
+        shown: list = []  # what the browser shows: an update leaves a value as it was
         params = {"session_hash": self.hash}
         async with self.http.stream("GET", stream, params=params, headers=self.headers) as sse:
             async for line in sse.aiter_lines():
@@ -469,9 +483,10 @@ class Session:
                     else:
                         run.diff_bytes += len(line)
                         outputs = [apply_edits(o, e) for o, e in zip(outputs, data, strict=False)]
-                    self._seen(run, extract(outputs))
+                    shown = displayed(shown, outputs)
+                    self._seen(run, extract(shown))
                 elif kind == "process_completed":
-                    return self._completed(dep, run, message, extract)
+                    return self._completed(dep, run, message, extract, shown)
                 elif kind in ("unexpected_error", "close_stream"):
                     run.error = run.error or f"{kind}: {message.get('message')}"
                     return False
@@ -484,12 +499,14 @@ class Session:
         if text:
             run.text = text
 
-    def _completed(self, dep: Dep, run: Run, message: dict, extract: Extract) -> bool:
+    def _completed(
+        self, dep: Dep, run: Run, message: dict, extract: Extract, streamed: list | None
+    ) -> bool:
         output = message.get("output") or {}
         if not message.get("success"):
             run.error = str(output.get("error") or output)[:300]
             return False
-        final = output.get("data") or []
+        final = displayed(streamed, output.get("data") or [])
         text = extract(final)
         if text:
             self._seen(run, text)

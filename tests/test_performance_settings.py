@@ -246,6 +246,11 @@ async def main():
         ]
         out[str(empty)] = [[brief(v) for v in o[1:]] for o in yielded]
         out["final_chat"] = [m["content"][0]["text"] for m in yielded[-1][0]]
+    # When the browser already shows exactly the stored conversation, it is not sent again.
+    shown = app.display_user("Hi", [])
+    state = {"browser_id": browser, "conversation_id": cid}
+    yielded = [o async for o in app.stream_into_chat(shown, updates(), state, cid)]
+    out["final_when_shown"] = brief(yielded[-1][0])
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -277,3 +282,4 @@ def test_streamed_ui_updates_carry_only_the_chat():
     ]
     assert retry == [[cid, skip, skip, skip, skip]] + [[skip] * 5] * 3 + [final]
     assert result["final_chat"] == ["Hi", "Hello!"]
+    assert result["final_when_shown"] == skip
