@@ -264,6 +264,12 @@ def test_rename_export_import_and_delete(chat, tmp_path):
     chat.wait_for_answer("Echo: A chat to manage")
     chat.open_chat_tools()
     title = chat.page.locator("#chat-title textarea, #chat-title input").first
+    # As a user would: the box shows the conversation's title before it is edited (it is
+    # filled in by its own event, which may still be on its way when the answer is done).
+    chat.page.wait_for_function(
+        "() => document.querySelector('#chat-title textarea, #chat-title input')"
+        "?.value === 'A chat to manage'"
+    )
     title.fill("Renamed by the test")
     title.press("Enter")
     assert chat.wait_titles("t => t[0] === 'Renamed by the test'") == ["Renamed by the test"]
