@@ -264,18 +264,15 @@ def enable_input() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(interactive=True)
 
 
-async def stream_into_chat(
-    shown: list[dict], updates, state: dict, cid: str, failed_input=None, box_is_empty=False
-):
+async def stream_into_chat(shown: list[dict], updates, state: dict, cid: str, failed_input=None):
     """Yield the turn's outputs (TURN_OUTPUTS) while `updates` streams, then, last, the
     stored conversation, the list and the usage (`after_turn`): one event per turn, not two.
     Problems become an inline notice + toast.
 
     Per update only the Chatbot should cost anything: the conversation id goes out only when
-    it changes, the other outputs are left alone (gr.skip(), free with gradio_tuning), and
-    an input box known to be empty (and locked) gets the plain value None.
+    it changes, and the other outputs are left alone (gr.skip(), free with gradio_tuning; a
+    plain value such as None for the box would be postprocessed in a worker thread each time).
     """
-    input_box = None if box_is_empty else gr.skip()
     update, shown_now = None, None
     try:
         async for update in updates:
@@ -290,7 +287,7 @@ async def stream_into_chat(
             shown_now = [*shown, *answer]
             new_cid = update.conversation_id if update.conversation_id != cid else gr.skip()
             cid = update.conversation_id or cid
-            yield shown_now, new_cid, input_box, *SKIP_REST
+            yield shown_now, new_cid, gr.skip(), *SKIP_REST
         if update is not None and update.error:
             gr.Warning(update.error)
     except ChatError as exc:
@@ -361,9 +358,7 @@ async def respond(message: dict, cid: str, state: dict, http: gr.Request, *optio
     request.text, request.images, request.conversation_id = text, paths, cid
     request.browser_id, request.client_ip = browser_id_of(state), client_ip(http)
     turn = service.turn(request)
-    async for out in stream_into_chat(
-        shown, turn, state, cid, failed_input=message, box_is_empty=True
-    ):
+    async for out in stream_into_chat(shown, turn, state, cid, failed_input=message):
         yield out
 
 

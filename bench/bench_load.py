@@ -111,7 +111,9 @@ def serve_upstream(port: int) -> None:
             count("open", -1)
 
     class BenchUpstream(fu.FakeUpstream):
-        def _record(self, body: dict, headers: dict[str, str], path: str) -> tuple[int, Any]:
+        def _record(
+            self, body: dict, headers: dict[str, str], path: str, peer: tuple = ()
+        ) -> tuple[int, Any]:
             return 0, answer  # no request log: thousands of requests, nothing to inspect
 
     with BenchUpstream(port=port):

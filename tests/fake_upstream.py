@@ -400,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         upstream = self.server.upstream
         headers = {k.lower(): v for k, v in self.headers.items()}
-        index, behaviour = upstream._record(body, headers, self.path)
+        index, behaviour = upstream._record(body, headers, self.path, self.client_address)
         if upstream.api_key and headers.get("authorization") != f"Bearer {upstream.api_key}":
             behaviour = error(
                 401,
@@ -451,6 +451,7 @@ class FakeUpstream:
         self.requests: list[dict] = []  # JSON bodies of chat requests, in arrival order
         self.headers: list[dict[str, str]] = []  # their headers, lower-cased names
         self.paths: list[str] = []
+        self.peers: list[tuple] = []  # (host, port) each request came from: a connection
         self.streams: list[StreamRecord] = []
         self.disconnected = threading.Event()  # set on any early client hang-up
         self._queue: deque[Behaviour] = deque()
@@ -508,6 +509,7 @@ class FakeUpstream:
             self.requests.clear()
             self.headers.clear()
             self.paths.clear()
+            self.peers.clear()
             self.streams.clear()
             self.disconnected.clear()
 
@@ -534,8 +536,11 @@ class FakeUpstream:
 
     # ---- used by the handler
 
-    def _record(self, body: dict, headers: dict[str, str], path: str) -> tuple[int, Behaviour]:
+    def _record(
+        self, body: dict, headers: dict[str, str], path: str, peer: tuple = ()
+    ) -> tuple[int, Behaviour]:
         with self._lock:
+            self.peers.append(peer)
             self.requests.append(body)
             self.headers.append(headers)
             self.paths.append(path)

@@ -408,6 +408,18 @@ async def test_stream_content_usage_and_request(upstream):
 
 
 @pytest.mark.anyio
+async def test_a_message_after_a_pause_reuses_the_connection(upstream):
+    """Idle connections to the provider are kept 30 s, not the HTTP client's default 5 s:
+    a user who reads for a while does not pay a new TCP + TLS handshake per message."""
+    registry = Providers(openai_env(upstream))
+    await collect(registry)
+    await asyncio.sleep(6)  # past the 5 s default
+    await collect(registry)
+    assert len(upstream.peers) == 2 and upstream.peers[0] == upstream.peers[1]
+    await registry.aclose()
+
+
+@pytest.mark.anyio
 async def test_reasoning_is_separate_from_content(upstream):
     registry = Providers(openai_env(upstream))
     upstream.script(
