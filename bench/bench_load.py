@@ -11,8 +11,10 @@ generator's GIL), a private redis-server, `python app.py`, and `python bench/bas
 - TTFT: time to the first token through the app, against calling the upstream directly with
   the openai SDK (10-token answers streamed like the long ones, sequential samples, median).
 - 1 / 40 / 200 users starting at once, each streaming a ~2 s answer (100 tokens, 20 ms apart):
-  the time until the last one has its whole answer, errors, and the app's CPU per 1000 tokens
-  (utime + stime of the app process from /proc, divided by the tokens the upstream sent).
+  the time until the last one has its whole answer on screen (its last token; the
+  bookkeeping after it, such as the sidebar list, is not part of the answer), errors, and
+  the app's CPU per 1000 tokens (utime + stime of the app process from /proc, divided by
+  the tokens the upstream sent).
 - Long conversation: one stream in a chat with 200 earlier messages against an empty one:
   server CPU (marginal, idle CPU subtracted) and bytes per streamed update, browser path.
 - Event loop: latency of GET /health while four users send a 12 MP photo each (this app).
@@ -330,7 +332,10 @@ class Run:
 
     start: float
     first_token: float | None = None
+    # When the whole answer was on screen: the last token shown, or, for an answer whose
+    # text the bench does not know in advance, the end of the event.
     answer_done: float | None = None
+    expect: str | None = None  # the whole answer, when known
     updates: int = 0
     diff_bytes: int = 0  # SSE bytes of the updates after each event's first (full) one
     text: str = ""
@@ -500,6 +505,8 @@ class Session:
             run.first_token = time.monotonic()
         if text:
             run.text = text
+            if run.expect and run.answer_done is None and text.strip() == run.expect:
+                run.answer_done = time.monotonic()
 
     def _completed(
         self, dep: Dep, run: Run, message: dict, extract: Extract, streamed: list | None
@@ -541,7 +548,8 @@ class Target:
         return Session(http, self.app.url, self.page)
 
     async def send(self, session: Session, message: str, path: str) -> Run:
-        run = Run(start=time.monotonic())
+        short = message.startswith((QUICK, PROBE))
+        run = Run(start=time.monotonic(), expect=None if short else ANSWER.strip())
         try:
             if path == "api":
                 data = [message, *session._data(self.api)[1:]] if self.ours else [message, None]
