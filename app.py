@@ -707,6 +707,9 @@ def strict_file_list(files: gr.File) -> gr.File:
 
 # -- layout and wiring ---------------------------------------------------------------------
 PRIVATE = {"api_visibility": "private"}
+# A step Gradio runs in the browser (transpiled to JavaScript; no inputs, properties only).
+# No progress display: Gradio's would stay on its outputs, spinning, after the step is done.
+IN_BROWSER = {"js": True, "show_progress": "hidden", **PRIVATE}
 CSS = """
 #actions { align-items: center; gap: 8px; }
 #status { font-size: 0.85em; opacity: 0.85; }
@@ -952,7 +955,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         [browser, keys_state, prompts_state],
         [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
         **PRIVATE,
-    ).then(enable_input, None, chat_input, js=True, **PRIVATE).then(
+    ).then(enable_input, None, chat_input, **IN_BROWSER).then(
         None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE
     )
     provider.change(on_provider_change, provider, model, **PRIVATE)
@@ -981,11 +984,11 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         first step gets it)."""
         if capture:
             started = trigger(capture, None, edit_data, queue=False, **PRIVATE)
-            started = started.then(show_busy, None, busy_outputs, js=True, **PRIVATE)
+            started = started.then(show_busy, None, busy_outputs, **IN_BROWSER)
         else:
-            started = trigger(show_busy, None, busy_outputs, js=True, **PRIVATE)
+            started = trigger(show_busy, None, busy_outputs, **IN_BROWSER)
         streaming = started.then(fn, inputs, turn_outputs, **PRIVATE)
-        streaming.then(show_idle, None, busy_outputs, js=True, **PRIVATE)
+        streaming.then(show_idle, None, busy_outputs, **IN_BROWSER)
         return streaming
 
     edit_data = gr.State(None)
@@ -1001,7 +1004,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     stop_btn.click(
         None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE
     ).then(after_turn, [conversation_id, browser], idle_outputs, **PRIVATE).then(
-        show_idle, None, busy_outputs, js=True, **PRIVATE
+        show_idle, None, busy_outputs, **IN_BROWSER
     )
     undo_btn.click(undo, conversation_id, [chatbot, chat_input], **PRIVATE).then(
         after_turn, [conversation_id, browser], idle_outputs, **PRIVATE

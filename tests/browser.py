@@ -146,11 +146,16 @@ class ChatPage:
             self.wait_idle()
 
     def wait_idle(self) -> None:
-        """No answer streaming: Stop hidden and the input usable again."""
+        """No answer streaming: Stop hidden, the input usable again and no progress spinner
+        left over it (Gradio's would stay on a browser-side step's outputs if it had one)."""
         self.page.wait_for_selector("#stop", state="hidden")
         self.page.wait_for_function(
             "sel => { const t = document.querySelector(sel); return t && !t.disabled; }",
             arg=INPUT,
+        )
+        self.page.wait_for_function(
+            "() => [...document.querySelectorAll('#chat-input .wrap')]"
+            ".every(w => w.classList.contains('hide'))"
         )
 
     def wait_for_answer(self, text: str) -> None:
