@@ -308,6 +308,16 @@ class ChatService:
             )
         return meta
 
+    async def _stored_messages(self, cid: str) -> tuple[HistoryStore, list[dict]]:
+        """The store and the messages of an existing conversation (retry, edit, undo);
+        Redis trouble becomes a ChatError the user can act on."""
+        try:
+            store = await self.store()
+            await self._conversation_meta(store, cid)
+            return store, await store.get_messages(cid)
+        except HistoryUnavailable as exc:
+            raise ChatError(f"{exc} Try again in a moment.") from None
+
     async def _prepare(
         self, paths: Sequence[str], provider: Provider, model: str, detail: str
     ) -> list[PreparedImage]:
@@ -435,17 +445,15 @@ class ChatService:
         detail = effective_detail(chosen.id, req.detail)
         if not rate_checked:  # a retry costs a model call too
             await self.check_rate(req.browser_id, req.client_ip)
+        store, messages = await self._stored_messages(cid)
+        trailing = trailing_answers(messages)
+        if trailing == len(messages):
+            raise ChatError("There is no message to answer again yet.")
+        last_user = messages[-1 - trailing]
+        if last_user.get("images") and not chosen.supports_vision(model_id):
+            raise ChatError(f"{model_id} cannot see images. Pick a vision model (marked 👁).")
+        failed = trailing and messages[-1].get("status") == "error"
         try:
-            store = await self.store()
-            await self._conversation_meta(store, cid)
-            messages = await store.get_messages(cid)
-            trailing = trailing_answers(messages)
-            if trailing == len(messages):
-                raise ChatError("There is no message to answer again yet.")
-            last_user = messages[-1 - trailing]
-            if last_user.get("images") and not chosen.supports_vision(model_id):
-                raise ChatError(f"{model_id} cannot see images. Pick a vision model (marked 👁).")
-            failed = trailing and messages[-1].get("status") == "error"
             if trailing and (not keep_previous or failed):
                 await store.pop_messages(cid, 1 if keep_previous else trailing)
             await store.update_meta(cid, **sampling_meta(req))
@@ -472,12 +480,7 @@ class ChatService:
         What came after it is dropped; its images stay with it.
         """
         cid = req.conversation_id
-        try:
-            store = await self.store()
-            await self._conversation_meta(store, cid)
-            messages = await store.get_messages(cid)
-        except HistoryUnavailable as exc:
-            raise ChatError(f"{exc} Try again in a moment.") from None
+        store, messages = await self._stored_messages(cid)
         if not 0 <= index < len(messages) or messages[index]["role"] != "user":
             raise ChatError("Only your own messages can be edited.")
         self._check_limits(req.text or "", messages[index].get("images") or [])
@@ -497,12 +500,7 @@ class ChatService:
 
     async def undo(self, cid: str) -> dict | None:
         """Remove the last user message and its answers; return that user message."""
-        try:
-            store = await self.store()
-            await self._conversation_meta(store, cid)
-            messages = await store.get_messages(cid)
-        except HistoryUnavailable as exc:
-            raise ChatError(f"{exc} Try again in a moment.") from None
+        store, messages = await self._stored_messages(cid)
         count = trailing_answers(messages)
         if count == len(messages):
             return None
