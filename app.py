@@ -124,11 +124,12 @@ def browser_id_of(state: dict | None) -> str:
     return browser_id if is_valid_id(browser_id) else new_id()
 
 
-async def conversation_list(browser_id: str, **selected: str | None) -> gr.Radio:
-    """The browser's conversations, newest first (`value=` selects one)."""
+async def conversation_list(browser_id: str, selected: str | None) -> gr.Radio:
+    """The browser's conversations, newest first, with `selected` (None: none) chosen."""
     store = await service.store()
     items = await store.list_conversations(browser_id)
-    return gr.Radio(choices=[(c.get("title") or "New chat", c["id"]) for c in items], **selected)
+    choices = [(c.get("title") or "New chat", c["id"]) for c in items]
+    return gr.Radio(choices=choices, value=selected)
 
 
 async def on_load(state: dict | None, keys: dict | None, prompts: dict | None):
@@ -140,17 +141,17 @@ async def on_load(state: dict | None, keys: dict | None, prompts: dict | None):
         if not (cid and is_valid_id(cid) and await store.owns(browser_id, cid)):
             cid = ""
         shown = await service.display(cid)
-        listing = await conversation_list(browser_id)
+        listing = await conversation_list(browser_id, cid or None)
     except HistoryUnavailable as exc:
         gr.Warning(str(exc))
-        cid, shown, listing = "", [], gr.Radio()
+        cid, shown, listing = "", [], gr.Radio(choices=[], value=None)
     meta = (await store.get_meta(cid) if cid else None) or {}
     state = {"browser_id": browser_id, "conversation_id": cid}
     return (
         state,
         cid,
         shown,
-        gr.Radio(choices=listing.choices, value=cid or None),
+        listing,
         *settings_for(meta, keys),
         gr.Dropdown(choices=sorted(prompts or {}), value=None),
     )
@@ -466,7 +467,7 @@ async def after_turn(cid: str, state: dict, shown_now: list | None = None):
             shown += unsaved_notice(shown_now, shown)
             if shown == shown_now:
                 shown = gr.skip()  # the browser shows exactly this already: not sent again
-        listing = await conversation_list(browser_id, value=cid or None)
+        listing = await conversation_list(browser_id, cid or None)
         usage = await usage_markdown(cid, messages)
     except (ChatError, HistoryUnavailable) as exc:
         gr.Warning(str(exc))
@@ -502,9 +503,9 @@ async def delete_current(cid: str, state: dict):
     if cid and await store.owns(browser_id, cid):
         await store.delete_conversation(cid)
         gr.Info("Conversation deleted.")
-    listing = await conversation_list(browser_id)
+    listing = await conversation_list(browser_id, None)
     state = {"browser_id": browser_id, "conversation_id": ""}
-    return [], "", state, gr.Radio(choices=listing.choices, value=None)
+    return [], "", state, listing
 
 
 def title_of(meta: dict | None) -> str:
@@ -526,8 +527,7 @@ async def rename(cid: str, new_title: str, state: dict):
         return gr.skip()
     await store.update_meta(cid, title=title)
     gr.Info(f"Renamed to “{title}”.")
-    listing = await conversation_list(browser_id)
-    return gr.Radio(choices=listing.choices, value=cid)
+    return await conversation_list(browser_id, cid)
 
 
 def export_dir() -> Path:
@@ -568,9 +568,9 @@ async def import_file(file: str | None, state: dict):
         gr.Warning(f"Import failed: {exc}")
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     gr.Info("Conversation imported.")
-    listing = await conversation_list(browser_id)
+    listing = await conversation_list(browser_id, cid)
     state = {"browser_id": browser_id, "conversation_id": cid}
-    return await service.display(cid), cid, state, gr.Radio(choices=listing.choices, value=cid)
+    return await service.display(cid), cid, state, listing
 
 
 async def import_conversation_text(text: str, browser_id: str | None) -> str:

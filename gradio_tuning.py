@@ -91,7 +91,7 @@ def _lazy_session_config() -> None:
                 if key not in self.config_values:
                     block = self.blocks_config.blocks[key]
                     self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
-                if key in self._latest_values and key in self.config_values:
+                if key in self._latest_values:
                     super()._update_value_in_config(key, self._latest_values.pop(key))
             yield from base.components.fget(self)
 

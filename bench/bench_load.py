@@ -350,7 +350,7 @@ class Run:
         return None if self.answer_done is None else self.answer_done - self.start
 
 
-Extract = Callable[[list], str]
+Extract = Callable[[list], str]  # an event's outputs -> the answer text shown so far
 
 
 def displayed(before: list | None, outputs: list) -> list:
@@ -363,7 +363,7 @@ def displayed(before: list | None, outputs: list) -> list:
             shown.append(new.get("value", old))
         else:
             shown.append(new)
-    return shown  # an event's outputs -> the answer text shown so far
+    return shown
 
 
 def api_text(outputs: list) -> str:
@@ -412,13 +412,9 @@ class Session:
         return [None if self.page.types[i] == "state" else self.values.get(i) for i in dep.inputs]
 
     def _store(self, dep: Dep, outputs: list) -> None:
-        for cid, value in zip(dep.outputs, outputs, strict=False):
-            if self.page.types.get(cid) == "state":
-                continue
-            if isinstance(value, dict) and value.get("__type__") == "update":
-                if "value" in value:
-                    self.values[cid] = value["value"]
-            else:
+        before = [self.values.get(cid) for cid in dep.outputs]
+        for cid, value in zip(dep.outputs, displayed(before, outputs), strict=False):
+            if self.page.types.get(cid) != "state":
                 self.values[cid] = value
 
     async def trigger(
