@@ -13,7 +13,6 @@ import os
 import secrets
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -33,6 +32,7 @@ from chat import (
     display_user,
 )
 from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings, load_settings
+from exports import ExportFiles
 from history import HistoryUnavailable, app_secret_from_redis, is_valid_id, new_id
 from images import DETAILS
 from limits import (
@@ -43,8 +43,10 @@ from limits import (
     client_ip,
     max_body_bytes,
 )
+from markup import safe_markdown, unshown
 from providers import Providers
 from ui_text import I18N, i18n
+from uploads import UploadLimits
 
 log = logging.getLogger("app")
 gradio_tuning.apply()  # before any Blocks, queue or session exists
@@ -154,6 +156,8 @@ async def on_load(state: dict | None, keys: dict | None, prompts: dict | None):
         listing,
         *settings_for(meta, keys),
         gr.Dropdown(choices=sorted(prompts or {}), value=None),
+        user_keys(keys),  # remembered keys (if any) are this tab's keys too
+        gr.Checkbox(value=bool(user_keys(keys))),
     )
 
 
@@ -178,39 +182,65 @@ def settings_for(meta: dict, keys: dict | None = None) -> tuple:
         gr.Dropdown(choices=model_choices(provider_id), value=model),
         gr.Slider(value=meta_number(meta, "temperature", 0.7)),
         gr.Slider(value=meta_number(meta, "top_p", 1.0)),
-        gr.Number(value=int(meta_number(meta, "max_tokens", 0))),
+        # An older conversation may have asked for more than MAX_OUTPUT_TOKENS now allows.
+        gr.Number(value=min(int(meta_number(meta, "max_tokens", 0)), settings.max_output_tokens)),
     )
 
 
-def save_keys(keys: dict | None, provider_id: str, *typed: str):
-    """Keep the typed keys in this browser; their providers become selectable for this user."""
+def save_keys(keys: dict | None, remember: bool, provider_id: str, *typed: str):
+    """Use the typed keys in this tab; their providers become selectable for this user.
+
+    Returns (this tab's keys, the keys remembered on this device, ...): with `remember` off
+    nothing is written to the browser's storage, and what was remembered is removed."""
     kept = user_keys(keys)
     for spec, key in zip(byok_providers(), typed, strict=True):
         if (key or "").strip():
             kept[spec.id] = key.strip()
-    gr.Info(f"Using your keys for: {', '.join(sorted(kept)) or 'none'}.")
+    where = "remembered on this device" if remember else "for this tab only"
+    gr.Info(f"Using your keys ({where}) for: {', '.join(sorted(kept)) or 'none'}.")
     cleared = [
         gr.Textbox(value="", placeholder="saved ✓" if p.id in kept else "sk-…")
         for p in byok_providers()
     ]
-    return kept, gr.Dropdown(choices=provider_choices(kept), value=provider_id), *cleared
+    remembered = kept if remember else {}
+    dropdown = gr.Dropdown(choices=provider_choices(kept), value=provider_id)
+    return kept, remembered, dropdown, *cleared
+
+
+def remember_or_forget(keys: dict | None, remember: bool) -> dict:
+    """Ticking "remember" stores this tab's keys on the device; unticking removes them."""
+    return user_keys(keys) if remember else {}
 
 
 def forget_keys(provider_id: str):
-    gr.Info("Your keys were removed from this browser.")
+    gr.Info("Your keys were removed from this tab and this device.")
     choices = provider_choices({})
     if provider_id not in {pid for _, pid in choices}:
         provider_id = providers.default_id
     cleared = [gr.Textbox(value="", placeholder="sk-…") for _ in byok_providers()]
-    return {}, gr.Dropdown(choices=choices, value=provider_id), *cleared
+    return {}, {}, gr.Dropdown(choices=choices, value=provider_id), *cleared
 
 
-async def check_all(keys: dict | None) -> str:
-    """The provider check (as `python app.py --check`), with this user's keys too."""
+async def check_all(keys: dict | None, state: dict | None, http: gr.Request):
+    """The provider check (as `python app.py --check`), with this user's keys too. It spends
+    the server's keys, so it has its own budget (CHECKS_PER_MINUTE, per browser, per IP and
+    global) and runs once at a time per browser; a raw queue call is refused the same way."""
     from check import check_providers, format_report
 
-    results = await check_providers(providers, api_keys=user_keys(keys))
-    return format_report(results)
+    browser_id, ip = browser_id_of(state), client_ip(http)
+    try:
+        await service.check_budget("checks", browser_id, ip)
+        async with service.one_at_a_time(
+            "checks", browser_id, ip, "A provider check is already running: wait for its result."
+        ):
+            results = await check_providers(
+                providers, api_keys=user_keys(keys), for_operator=False
+            )
+    except ChatError as exc:
+        gr.Warning(str(exc))
+        return gr.skip()
+    # Provider error text is shown as Markdown: made inert like any chat text.
+    return safe_markdown(format_report(results))
 
 
 def use_saved_prompt(name: str, prompts: dict | None) -> str:
@@ -336,7 +366,7 @@ def turn_options(
 
 
 def user_keys(keys: dict | None) -> dict[str, str]:
-    """The user's own keys (bring your own key) from this browser's encrypted storage."""
+    """The user's own keys (bring your own key), as this tab holds them."""
     return {pid: key for pid, key in (keys or {}).items() if isinstance(key, str) and key}
 
 
@@ -399,18 +429,22 @@ async def edit(edited: dict | None, cid: str, state: dict, http: gr.Request, *op
     """The user edited one of their messages in the chat: answer again from there."""
     if not cid or not edited:
         return
-    shown, positions = await service.display_indexed(cid)
+    messages = await service.history(cid)
+    shown, positions = await service.display_indexed(cid, messages)
     index = edited["index"] if isinstance(edited["index"], int) else edited["index"][0]
     if not 0 <= index < len(positions):
         return
     value = edited["value"]
     text = value if isinstance(value, str) else str(value or "")
     position = positions[index]
+    # The edit box started from the displayed text, which markup.py made safe: undo its marks.
+    stored = messages[position].get("content") if 0 <= position < len(messages) else ""
+    text = unshown(text, stored if isinstance(stored, str) else "")
     kept = [m for m, p in zip(shown, positions, strict=True) if p < position]
     user = [m for m, p in zip(shown, positions, strict=True) if p == position][:1]
     if user:
         user[0]["content"] = [
-            part if part.get("type") != "text" else {**part, "text": text}
+            part if part.get("type") != "text" else {**part, "text": safe_markdown(text)}
             for part in user[0]["content"]
         ]
     request = turn_options(*options)
@@ -502,6 +536,7 @@ async def delete_current(cid: str, state: dict):
     store = await service.store()
     if cid and await store.owns(browser_id, cid):
         await store.delete_conversation(cid)
+        await asyncio.to_thread(exports.forget, cid)
         gr.Info("Conversation deleted.")
     listing = await conversation_list(browser_id, None)
     state = {"browser_id": browser_id, "conversation_id": ""}
@@ -530,10 +565,9 @@ async def rename(cid: str, new_title: str, state: dict):
     return await conversation_list(browser_id, cid)
 
 
-def export_dir() -> Path:
-    path = upload_dir() / "chat-exports"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# Exports live in Gradio's cache (so the File component can serve them), each in a folder
+# named by random bits, expire after a while and go when their conversation is deleted.
+exports = ExportFiles(upload_dir() / "chat-exports")
 
 
 async def export_files(cid: str, state: dict):
@@ -542,28 +576,27 @@ async def export_files(cid: str, state: dict):
     if not (cid and await store.owns(browser_id_of(state), cid)):
         gr.Info("Send a message first: there is nothing to export yet.")
         return gr.File(visible=False)
+    meta = await store.get_meta(cid) or {}
     data = await store.export_json(cid)
     markdown = await store.export_markdown(cid)
-    stem = export_dir() / f"chat-{cid[:8]}-{int(time.time())}"
-    files = await asyncio.to_thread(write_export, stem, markdown or "", data)
+    # In a worker thread: with images an export is megabytes to encode and write, which on
+    # the event loop would stall every other user's stream meanwhile.
+    files = await asyncio.to_thread(
+        exports.write, cid, title_of(meta), markdown or "", data
+    )
     return gr.File(value=files, visible=True)
 
 
-def write_export(stem: Path, markdown: str, data: dict | None) -> list[str]:
-    """In a worker thread: with images an export is megabytes to encode and write, which
-    on the event loop would stall every other user's stream meanwhile."""
-    files = [f"{stem}.md", f"{stem}.json"]
-    Path(files[0]).write_text(markdown, encoding="utf-8")
-    Path(files[1]).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return files
-
-
-async def import_file(file: str | None, state: dict):
+async def import_file(file: str | None, state: dict, http: gr.Request):
     """A JSON export becomes a new conversation of this browser, and is opened."""
     browser_id = browser_id_of(state)
     try:
+        await service.check_budget("imports", browser_id, client_ip(http))  # before reading
         text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")  # off the loop
-        cid = await import_conversation_text(text, browser_id)
+        cid = await import_conversation_text(text, browser_id, client_ip(http), counted=True)
+    except (ChatError, HistoryUnavailable) as exc:  # a budget, the storage quota, Redis
+        gr.Warning(str(exc))
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         gr.Warning(f"Import failed: {exc}")
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -573,14 +606,23 @@ async def import_file(file: str | None, state: dict):
     return await service.display(cid), cid, state, listing
 
 
-async def import_conversation_text(text: str, browser_id: str | None) -> str:
+async def import_conversation_text(
+    text: str, browser_id: str | None, ip: str | None, *, counted: bool = False
+) -> str:
+    """Counted (imports budget) before the JSON is parsed; ChatError when over a budget or
+    the storage quota, ValueError when the data is not an export (see
+    ChatService.import_conversation: images re-encoded, non-images dropped with a note)."""
+    if not counted:
+        await service.check_budget("imports", browser_id, ip)
     try:
         data = await asyncio.to_thread(json.loads, text)  # megabytes with images: off the loop
     except json.JSONDecodeError:
         raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
+    except RecursionError:
+        raise ValueError("that JSON is nested too deeply to be a conversation export.") from None
     if not isinstance(data, dict):
         raise ValueError("that JSON is not a conversation export.")
-    return await (await service.store()).import_json(data, browser_id)
+    return await service.import_conversation(data, browser_id, ip, counted=True)
 
 
 # -- the public API (mirrors the seed service's REST endpoints) ------------------------------
@@ -635,6 +677,7 @@ async def api_delete_conversation(conversation_id: str) -> str:
         deleted = await (await service.store()).delete_conversation(cid)
     except HistoryUnavailable as exc:
         raise gr.Error(str(exc), print_exception=False) from None
+    await asyncio.to_thread(exports.forget, cid)
     return (
         f"Deleted conversation {cid}." if deleted else f"No conversation {cid} (nothing deleted)."
     )
@@ -660,12 +703,16 @@ async def api_export_conversation(conversation_id: str, format: str = "json") ->
     return text
 
 
-async def api_import_conversation(data: str) -> str:
+async def api_import_conversation(data: str, http: gr.Request | None = None) -> str:
     """Import a JSON export as a new conversation; returns its id."""
-    try:
-        return await import_conversation_text(as_text(data), None)
+    try:  # no browser: limited and charged by the caller's address
+        return await import_conversation_text(as_text(data), None, client_ip(http))
+    except ChatError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
     except ValueError as exc:
         raise gr.Error(f"Import failed: {exc}", print_exception=False) from None
+    except HistoryUnavailable as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def api_roles() -> list[dict]:
@@ -774,14 +821,27 @@ def use_example(evt: gr.SelectData) -> gr.MultimodalTextbox:
 
 SECRET = browser_secret(settings)
 
-with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as demo:
+# Gradio deletes this app's uploads and cached files after UPLOAD_MAX_AGE_HOURS (uploads.py).
+# The example image is served from examples/ as a static file instead of a cached copy, which
+# that cleanup would delete after a day of uptime (the example would then show broken).
+UPLOAD_MAX_AGE_S = int(settings.upload_max_age_hours * 3600)
+gr.set_static_paths([Path(__file__).resolve().parent / "examples"])
+with gr.Blocks(
+    title="Multimodal Chat · 多模态对话",
+    fill_height=True,
+    delete_cache=(min(3600, UPLOAD_MAX_AGE_S), UPLOAD_MAX_AGE_S),
+) as demo:
     browser = gr.BrowserState(
         {"browser_id": "", "conversation_id": ""},
         storage_key=STORAGE_KEY,
         secret=SECRET,
     )
-    # The user's own API keys and saved prompts live only in this browser (encrypted).
-    keys_state = gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-keys", secret=SECRET)
+    # The user's own API keys: `tab_keys` holds them for this page only (the server's memory
+    # of this session, gone on reload); `remembered_keys` is the browser's localStorage,
+    # written only when the user asks to be remembered. BrowserState's encryption key is
+    # sent to the page, so that storage is readable by anything that can read localStorage.
+    tab_keys = gr.State({})
+    remembered_keys = gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-keys", secret=SECRET)
     prompts_state = gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-prompts", secret=SECRET)
     conversation_id = gr.State("")
 
@@ -850,6 +910,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         show_label=False,
         buttons=["copy", "copy_all"],
         latex_delimiters=LATEX,
+        allow_tags=False,  # custom tags are not kept: messages go through markup.safe_markdown
         editable="user",
         scale=1,
         min_height=360,
@@ -908,15 +969,17 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
             max_tokens = gr.Number(
                 value=0,
                 minimum=0,
-                maximum=131072,
+                maximum=settings.max_output_tokens,  # MAX_OUTPUT_TOKENS; the server clamps too
                 step=256,
                 precision=0,
                 label="Max tokens (0 = model default)",
                 elem_id="max-tokens",
             )
         gr.Markdown(
-            "**Your own API keys · 自己的密钥**: they enable that provider for you only, are "
-            "kept in this browser (encrypted), and are never stored on the server or logged."
+            "**Your own API keys · 自己的密钥**: they enable that provider for you only and "
+            "are never stored on the server or logged. By default they are kept for this tab "
+            "only. *Remember on this device* keeps them in this browser's storage, where "
+            "anyone using this browser profile (or a browser extension) can read them."
         )
         with gr.Row():
             key_boxes = [
@@ -930,6 +993,12 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
                 for p in byok_providers()
             ]
         with gr.Row():
+            remember_keys = gr.Checkbox(
+                value=False,
+                label="Remember on this device · 在此设备上记住",
+                elem_id="remember-keys",
+                min_width=220,
+            )
             save_keys_btn = gr.Button("Use my keys · 使用", elem_id="save-keys", size="sm")
             forget_keys_btn = gr.Button("Forget my keys · 清除", elem_id="forget-keys", size="sm")
             check_btn = gr.Button("Check providers · 检查", elem_id="check-providers", size="sm")
@@ -944,7 +1013,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
         temperature,
         top_p,
         max_tokens,
-        keys_state,
+        tab_keys,
     ]
     idle_outputs = [chatbot, conversations, browser, usage_total]  # after_turn's
     turn_outputs = [chatbot, conversation_id, chat_input, conversations, browser, usage_total]
@@ -952,8 +1021,17 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
 
     demo.load(
         on_load,
-        [browser, keys_state, prompts_state],
-        [browser, conversation_id, chatbot, conversations, *settings_outputs, saved_prompt],
+        [browser, remembered_keys, prompts_state],
+        [
+            browser,
+            conversation_id,
+            chatbot,
+            conversations,
+            *settings_outputs,
+            saved_prompt,
+            tab_keys,
+            remember_keys,
+        ],
         **PRIVATE,
     ).then(enable_input, None, chat_input, **IN_BROWSER).then(
         None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE
@@ -969,12 +1047,23 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     )
     save_keys_btn.click(
         save_keys,
-        [keys_state, provider, *key_boxes],
-        [keys_state, provider, *key_boxes],
+        [tab_keys, remember_keys, provider, *key_boxes],
+        [tab_keys, remembered_keys, provider, *key_boxes],
         **PRIVATE,
     )
-    forget_keys_btn.click(forget_keys, provider, [keys_state, provider, *key_boxes], **PRIVATE)
-    check_btn.click(check_all, keys_state, check_result, **PRIVATE)
+    forget_keys_btn.click(
+        forget_keys, provider, [tab_keys, remembered_keys, provider, *key_boxes], **PRIVATE
+    )
+    remember_keys.input(remember_or_forget, [tab_keys, remember_keys], remembered_keys, **PRIVATE)
+    # At most two checks at once in this process, whoever asks (each spends the server's keys).
+    check_btn.click(
+        check_all,
+        [tab_keys, browser],
+        check_result,
+        concurrency_limit=2,
+        concurrency_id="provider-check",
+        **PRIVATE,
+    )
 
     busy_outputs = [chat_input, stop_btn, retry_btn, undo_btn, compare_btn]
 
@@ -1015,7 +1104,7 @@ with gr.Blocks(title="Multimodal Chat · 多模态对话", fill_height=True) as 
     chatbot.example_select(use_example, None, chat_input, **PRIVATE)
     conversations.input(
         open_conversation,
-        [conversations, browser, keys_state],
+        [conversations, browser, tab_keys],
         [chatbot, conversation_id, browser, *settings_outputs],
         **PRIVATE,
     )
@@ -1105,6 +1194,8 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def launch_options(args: argparse.Namespace) -> dict:
+    from client_address import CrossSiteGuard, LoginThrottle
+
     auth = parse_auth(args.auth or settings.app_auth)
     if args.share and not auth:
         log.warning(
@@ -1121,19 +1212,55 @@ def launch_options(args: argparse.Namespace) -> dict:
         # Gradio API bodies are capped before they are read (a 500 MB "message" is refused
         # with a 413, not parsed); uploads keep Gradio's own max_file_size below. Every page
         # gets a CSP refusing remote images and form posts elsewhere; an unknown API name gets
-        # a 404 instead of a 500 and a traceback (see limits.py).
+        # a 404 instead of a 500 and a traceback (see limits.py). Failed logins are throttled
+        # per client address; with a login, POSTs from other sites are refused
+        # (client_address.py).
         "app_kwargs": {
             "routes": http_api.routes(service),
             "middleware": [
                 Middleware(SecurityHeaders),
+                Middleware(LoginThrottle),
+                Middleware(CrossSiteGuard),
                 Middleware(UnknownEndpoint),
                 Middleware(BodySizeLimit, max_bytes=max_body_bytes(settings.max_message_chars)),
+                # Uploads: per address and global budgets, disk total, old files (uploads.py).
+                Middleware(
+                    UploadLimits,
+                    service=service,
+                    upload_dir=upload_dir(),
+                    max_disk_bytes=int(settings.max_upload_disk_mb * 1024 * 1024),
+                    max_age_s=settings.upload_max_age_hours * 3600,
+                    # a message's images in one request, plus the multipart overhead
+                    max_request_bytes=settings.max_images_per_message * settings.max_image_bytes
+                    + 1024 * 1024,
+                ),
             ],
         },
         "enable_monitoring": False,
+        # Gradio's run history would keep every call's inputs (a user's own API key among
+        # them) in the browser's storage, and offers to copy them to a Hub bucket: off.
+        "run_history": False,
         # In bytes: "0mb" from int(MAX_IMAGE_MB=0.5) would refuse every upload.
         "max_file_size": settings.max_image_bytes,
     }
+
+
+def trust_client_addresses(args: argparse.Namespace) -> None:
+    """Client addresses come from client_address.py (X-Forwarded-For only from the proxies
+    in TRUSTED_PROXIES / TRUSTED_PROXY_HOPS, right-most first). Uvicorn's own rewrite is
+    switched off through the setting it reads: told to trust `*` it takes the LEFT-most
+    entry, which any client can forge."""
+    import client_address
+
+    if os.environ.get("FORWARDED_ALLOW_IPS", "").strip():
+        log.warning(
+            "FORWARDED_ALLOW_IPS is ignored: it let clients forge their address. Name the "
+            "proxies in front in TRUSTED_PROXIES (IPs or networks; default loopback) or "
+            "their number in TRUSTED_PROXY_HOPS."
+        )
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+    trust = client_address.configure(settings, share=args.share)
+    log.info("Client addresses: X-Forwarded-For trusted from %s", trust.describe())
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -1149,6 +1276,7 @@ def main(argv: list[str] | None = None) -> int | None:
         import check
 
         return check.cli(providers)
+    trust_client_addresses(args)
     options = launch_options(args)
     if settings.redis_url:
         log.info("History: Redis")

@@ -8,26 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import logging
+import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
+import importing
 from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings, load_prices, price_of
-from history import HistoryStore, HistoryUnavailable, InvalidId, is_valid_id
+from history import HistoryStore, HistoryUnavailable, InvalidId, is_valid_id, parse_export
 from images import (
+    ACCEPTED_FORMATS,
     DETAILS,
+    MAX_PIXELS,
     ImageRejected,
     PreparedImage,
     estimate_image_tokens,
     prepare_images,
     receipt_text,
 )
-from limits import RateLimited, RateLimiter, inert_markup
+from limits import RateLimited, RateLimiter, ip_key
+from markup import safe_markdown
 from providers import (
     ContentDelta,
     Finished,
@@ -53,6 +62,76 @@ class ChatRateLimited(ChatError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget of limits.RateLimiter: units per minute per client (a browser, or an API
+    caller's address), per IP (not loopback) and for everyone together; 0 = off."""
+
+    per_client: int
+    per_ip: int
+    per_global: int
+    action: str  # "You are <action> too fast: wait N s"
+
+
+_MB = 1024 * 1024
+RUNNING_TTL_S = 120  # a "one at a time" mark outlives any run (a provider check: <= ~25 s)
+
+
+def budgets(s: Settings) -> dict[str, Budget]:
+    """Every budget a stranger can spend by the minute (docs/threat-model.md lists them)."""
+    return {
+        # a message, a retry, a compare and an edit each count as one turn
+        "turns": Budget(
+            s.rate_limit_per_minute,
+            s.rate_limit_per_ip_per_minute,
+            s.rate_limit_global_per_minute,
+            "sending messages",
+        ),
+        "imports": Budget(
+            s.imports_per_minute, 3 * s.imports_per_minute, s.imports_global_per_minute, "importing"
+        ),
+        "checks": Budget(
+            s.checks_per_minute,
+            3 * s.checks_per_minute,
+            s.checks_global_per_minute,
+            "checking providers",
+        ),
+        # uploads carry no browser id: per address (not loopback) and global (uploads.py)
+        "uploads": Budget(0, s.uploads_per_minute, s.uploads_global_per_minute, "uploading"),
+        "upload_bytes": Budget(
+            0,
+            int(s.upload_mb_per_minute * _MB),
+            int(s.upload_global_mb_per_minute * _MB),
+            "uploading",
+        ),
+        "image_pixels": Budget(
+            s.image_megapixels_per_minute * 1_000_000,
+            3 * s.image_megapixels_per_minute * 1_000_000,
+            s.image_megapixels_global_per_minute * 1_000_000,
+            "sending large images",
+        ),
+    }
+
+
+def megabytes(size: int) -> str:
+    return f"{size / _MB:,.1f}" if size >= _MB else f"{size / _MB:.2f}"
+
+
+def header_pixels(raw: bytes) -> int:
+    """An image's declared width × height from its header (nothing decoded; 0 when it is
+    not an accepted image), capped at images.MAX_PIXELS (larger ones are refused unread)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        return MAX_PIXELS
+    except Exception:  # junk: prepare_images refuses it without decoding
+        return 0
+    return max(0, min(width * height, MAX_PIXELS))
 
 
 @dataclass
@@ -216,7 +295,7 @@ class ChatService:
         self.display_limit = 40  # stored messages shown in the Chatbot (see display_indexed)
         self._store: HistoryStore | None = None
         self._store_lock = asyncio.Lock()
-        self._limiter: RateLimiter | None = None
+        self._limiters: dict[str, RateLimiter] = {}
 
     # -- the store is opened lazily, on the serving event loop (redis.asyncio binds to it)
     async def store(self) -> HistoryStore:
@@ -238,29 +317,119 @@ class ChatService:
 
     # -- abuse limits (limits.py) --------------------------------------------------------
     async def check_rate(self, browser_id: str | None, client_ip: str | None) -> None:
-        """Count one message against the per-browser/per-IP limits, before anything is stored
-        or sent; raises ChatRateLimited ("wait N s"). Fails open when Redis is unreachable
-        (the history write that follows reports that). The HTTP API calls this too."""
+        """Count one turn (a message, retry, compare or edit) against the per-browser/per-IP
+        limits and the global ceiling, before anything is stored or sent; raises
+        ChatRateLimited ("wait N s"). Fails open when Redis is unreachable (the history
+        write that follows reports that). The HTTP API calls this too."""
+        await self.check_budget("turns", browser_id, client_ip)
+
+    async def check_budget(
+        self, name: str, browser_id: str | None, client_ip: str | None, weight: int = 1
+    ) -> str | None:
+        """Count `weight` against the named budget (BUDGETS) or raise ChatRateLimited.
+        Returns the hit's id for `forget_hit`."""
         try:
-            limiter = await self._rate_limiter()
+            limiter = await self.limiter(name)
         except HistoryUnavailable:
-            return
+            return None
         try:
-            await limiter.hit(browser_id, client_ip)
+            return await limiter.hit(browser_id, client_ip, weight)
         except RateLimited as exc:
-            log.info("rate limited (%s): wait %d s", exc.scope, exc.wait_seconds)
+            log.info("rate limited (%s %s): wait %d s", name, exc.scope, exc.wait_seconds)
             raise ChatRateLimited(str(exc), exc.wait_seconds) from None
 
-    async def _rate_limiter(self) -> RateLimiter:
-        if self._limiter is None:
-            store = await self.store()  # the same Redis (or fakeredis) as the history
-            self._limiter = RateLimiter(
+    async def forget_hit(
+        self, name: str, hit: str | None, browser_id: str | None, client_ip: str | None
+    ) -> None:
+        if hit:
+            await (await self.limiter(name)).forget(hit, browser_id, client_ip)
+
+    async def limiter(self, name: str) -> RateLimiter:
+        """The named budget's limiter, on the same Redis (or fakeredis) as the history."""
+        if name not in self._limiters:
+            store = await self.store()
+            spec = budgets(self.settings)[name]
+            self._limiters[name] = RateLimiter(
                 store.redis,
-                per_client=self.settings.rate_limit_per_minute,
-                per_ip=self.settings.rate_limit_per_ip_per_minute,
-                prefix=f"{store.prefix}rate:",
+                per_client=spec.per_client,
+                per_ip=spec.per_ip,
+                per_global=spec.per_global,
+                prefix=f"{store.prefix}rate:" + (f"{name}:" if name != "turns" else ""),
+                action=spec.action,
             )
-        return self._limiter
+        return self._limiters[name]
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(
+        self, name: str, browser_id: str | None, client_ip: str | None, busy: str
+    ) -> AsyncIterator[None]:
+        """Run the block only if this client (browser, else address) is not running `name`
+        already, on any replica (a Redis key, SET NX, that expires by itself should the
+        process die); ChatError(`busy`) otherwise. Fails open when Redis cannot answer."""
+        who = browser_id or ip_key(client_ip)
+        key = token = None
+        if who:
+            store = await self.store()
+            key, token = f"{store.prefix}running:{name}:{who[:64]}", secrets.token_hex(8)
+            try:
+                if not await store.redis.set(key, token, nx=True, ex=RUNNING_TTL_S):
+                    raise ChatError(busy)
+            except (RedisError, OSError):
+                key = None
+        try:
+            yield
+        finally:
+            if key:
+                with contextlib.suppress(RedisError, OSError):
+                    if await store.redis.get(key) == token.encode():
+                        await store.redis.delete(key)
+
+    async def check_storage(
+        self, browser_id: str | None, client_ip: str | None, adding: int = 0
+    ) -> None:
+        """Refuse (ChatError) a write that would take this browser (or, for an API caller,
+        its address) past MAX_STORED_MB_PER_BROWSER. Fails open when Redis cannot answer."""
+        limit = self.settings.max_stored_bytes_per_browser
+        address = ip_key(client_ip)
+        if not limit or not (browser_id or address):
+            return
+        try:
+            store = await self.store()
+            if browser_id:
+                used = await store.stored_bytes(browser_id)
+            else:
+                used = await store.api_stored_bytes(address)
+        except (HistoryUnavailable, InvalidId):
+            return
+        if used + adding <= limit:
+            return
+        log.info("storage quota reached (%s)", "browser" if browser_id else "api")
+        if browser_id:
+            raise ChatError(
+                f"This browser stores {megabytes(used)} MB of chats; the limit is "
+                f"{megabytes(limit)} MB. Delete old conversations to free space."
+            )
+        raise ChatError(
+            f"Conversations stored through the API from your address take {megabytes(used)} "
+            f"MB; the limit is {megabytes(limit)} MB. They expire "
+            f"{self.settings.history_ttl_days} days after your last one."
+        )
+
+    async def _charge_api(self, browser_id: str | None, client_ip: str | None, size: int) -> None:
+        """An API caller's writes count against its address (API conversations have no
+        browser); best effort."""
+        address = ip_key(client_ip)
+        if browser_id or not address or size <= 0:
+            return
+        with contextlib.suppress(HistoryUnavailable):
+            await (await self.store()).charge_api_bytes(address, size)
+
+    def output_tokens(self, max_tokens: int | None) -> int | None:
+        """`max_tokens` as sent upstream: at most MAX_OUTPUT_TOKENS (None: the model's own
+        default, which the model's limit bounds)."""
+        if max_tokens is None:
+            return None
+        return max(1, min(int(max_tokens), self.settings.max_output_tokens))
 
     def _check_prompt(self, prompt: str) -> None:
         if len(prompt or "") > self.settings.max_message_chars:
@@ -319,7 +488,12 @@ class ChatService:
             raise ChatError(f"{exc} Try again in a moment.") from None
 
     async def _prepare(
-        self, paths: Sequence[str], provider: Provider, model: str, detail: str
+        self,
+        paths: Sequence[str],
+        provider: Provider,
+        model: str,
+        detail: str,
+        who: tuple[str | None, str | None] = (None, None),
     ) -> list[PreparedImage]:
         """Uploaded files, read and prepared (see _prepare_items)."""
         items = []
@@ -329,12 +503,18 @@ class ChatService:
                 items.append((name, await asyncio.to_thread(Path(path).read_bytes)))
             except OSError:
                 raise ChatError(f'"{name}" could not be read. Attach it again.') from None
-        return await self._prepare_items(items, provider, model, detail)
+        return await self._prepare_items(items, provider, model, detail, who)
 
     async def _prepare_items(
-        self, items: list[tuple[str, bytes]], provider: Provider, model: str, detail: str
+        self,
+        items: list[tuple[str, bytes]],
+        provider: Provider,
+        model: str,
+        detail: str,
+        who: tuple[str | None, str | None] = (None, None),
     ) -> list[PreparedImage]:
-        """(name, bytes) images validated and optimised for the model; ChatError if refused."""
+        """(name, bytes) images validated and optimised for the model; ChatError if refused.
+        `who` (browser id, client IP) pays for the decoding in the image_pixels budget."""
         if not items:
             return []
         if not provider.supports_vision(model):
@@ -342,6 +522,7 @@ class ChatService:
                 f"{model} cannot see images. Pick a vision model (👁 in the model list) or "
                 "remove the images and send again."
             )
+        await self.charge_pixels(items, *who)
         try:
             return await prepare_images(
                 items,
@@ -353,6 +534,15 @@ class ChatService:
         except ImageRejected as exc:
             raise ChatError(str(exc)) from None
 
+    async def charge_pixels(
+        self, items: Sequence[tuple[str, bytes]], browser_id: str | None, client_ip: str | None
+    ) -> None:
+        """Decoding costs CPU by the pixel: count the images' declared sizes (their headers,
+        read without decoding) against IMAGE_MEGAPIXELS_PER_MINUTE before any is decoded."""
+        pixels = sum(header_pixels(raw) for _, raw in items)
+        if pixels:
+            await self.check_budget("image_pixels", browser_id, client_ip, pixels)
+
     # -- one turn -----------------------------------------------------------------------
     async def turn(self, req: TurnRequest) -> AsyncIterator[TurnUpdate]:
         """Validate, store the user's message, stream the answer, store the answer.
@@ -363,6 +553,7 @@ class ChatService:
         """
         text = req.text or ""
         images = list(req.images or [])
+        req.max_tokens = self.output_tokens(req.max_tokens)  # MAX_OUTPUT_TOKENS, stored so too
         self._check_limits(text, images)
         self._check_prompt(req.system_prompt)
         system_prompt = system_prompt_for(req.role, req.system_prompt)
@@ -373,7 +564,11 @@ class ChatService:
         try:
             store = await self.store()
             meta = await self._conversation_meta(store, req.conversation_id)
-            prepared = await self._prepare(images, provider, model, detail)
+            prepared = await self._prepare(
+                images, provider, model, detail, who=(req.browser_id, req.client_ip)
+            )
+            adding = len(text.encode()) + sum(len(image.data) for image in prepared)
+            await self.check_storage(req.browser_id, req.client_ip, adding)
             cid = (
                 meta["id"]
                 if meta
@@ -402,12 +597,13 @@ class ChatService:
             await store.update_meta(
                 cid, role=req.role, provider=provider.id, model=model, **sampling_meta(req)
             )
-            await store.append_turn(
+            charged = await store.append_turn(
                 cid,
                 [user_message],
                 {image.sha256: (image.data, image.mime) for image in prepared},
                 browser_id=req.browser_id,
             )
+            await self._charge_api(req.browser_id, req.client_ip, charged)
         except HistoryUnavailable as exc:
             if created:  # no empty conversation left behind (best effort: Redis is failing)
                 with contextlib.suppress(HistoryUnavailable, InvalidId):
@@ -439,12 +635,14 @@ class ChatService:
         models can be compared; only the newest answer goes on as context.
         """
         cid = req.conversation_id
+        req.max_tokens = self.output_tokens(req.max_tokens)
         self._check_prompt(req.system_prompt)
         prompt = system_prompt_for(req.role, req.system_prompt)
         chosen, model_id = self._resolve(req.provider, req.model, req.api_keys)
         detail = effective_detail(chosen.id, req.detail)
         if not rate_checked:  # a retry costs a model call too
             await self.check_rate(req.browser_id, req.client_ip)
+            await self.check_storage(req.browser_id, req.client_ip)
         store, messages = await self._stored_messages(cid)
         trailing = trailing_answers(messages)
         if trailing == len(messages):
@@ -488,6 +686,7 @@ class ChatService:
         self._resolve(req.provider, req.model, req.api_keys)
         # Refused before anything changes: a rate-limited edit keeps the conversation as it was.
         await self.check_rate(req.browser_id, req.client_ip)
+        await self.check_storage(req.browser_id, req.client_ip, len((req.text or "").encode()))
         edited = {**messages[index], "content": req.text or "", "edited": time.time()}
         try:
             await store.pop_messages(cid, len(messages) - index)
@@ -536,7 +735,7 @@ class ChatService:
                 model,
                 messages,
                 temperature=temperature,
-                max_tokens=max_tokens,
+                max_tokens=self.output_tokens(max_tokens),
                 top_p=top_p,
                 api_key=api_key,
             )
@@ -705,14 +904,20 @@ class ChatService:
         while recent[0].role == "assistant":  # the last one is the user's, so this ends
             recent = recent[1:]
         upstream = [{"role": "system", "content": prompt}]
-        upstream += await self._stateless_context(recent, chosen, model_id, detail)
+        upstream += await self._stateless_context(
+            recent, chosen, model_id, detail, who=(None, client_ip)
+        )
         image_count = sum(len(m.images) for m in recent)
         update = TurnUpdate(conversation_id="", provider=chosen.id, model=model_id)
         started = time.monotonic()
         try:
             yield update
             events = self.providers.stream(
-                chosen.id, model_id, upstream, temperature=temperature, max_tokens=max_tokens
+                chosen.id,
+                model_id,
+                upstream,
+                temperature=temperature,
+                max_tokens=self.output_tokens(max_tokens),
             )
             async for streamed in self._stream_answer(update, events):
                 yield streamed
@@ -729,11 +934,16 @@ class ChatService:
         yield update
 
     async def _stateless_context(
-        self, recent: Sequence[InputMessage], provider: Provider, model: str, detail: str
+        self,
+        recent: Sequence[InputMessage],
+        provider: Provider,
+        model: str,
+        detail: str,
+        who: tuple[str | None, str | None] = (None, None),
     ) -> list[dict]:
         """The client's messages in the OpenAI format, images validated and optimised."""
         items = [(name, raw) for m in recent for name, raw in m.images]
-        prepared = await self._prepare_items(items, provider, model, detail)
+        prepared = await self._prepare_items(items, provider, model, detail, who)
         parts_of = (image_part(i.data, i.mime, detail=detail) for i in prepared)
         out: list[dict] = []
         for message in recent:
@@ -746,6 +956,62 @@ class ChatService:
         return out
 
     # -- conversations ------------------------------------------------------------------
+    async def import_conversation(
+        self, data: object, browser_id: str | None, client_ip: str | None, *, counted=False
+    ) -> str:
+        """A JSON export (already parsed) as a new conversation of `browser_id` (None: an API
+        caller, counted by its address); returns its id.
+
+        Counted in the imports budget first (junk too) unless `counted`; ValueError says
+        what is wrong with the data; ChatError for a budget or the storage quota. Messages
+        are bounded like typed ones (importing.py); each image goes through the image
+        pipeline as an upload does, and one that is not an image is left out with a note in
+        its message.
+        """
+        if not counted:  # (the app counts before it parses the JSON)
+            await self.check_budget("imports", browser_id, client_ip)
+        meta, messages, blobs = parse_export(data)
+        messages = messages[-self.settings.history_max_messages :]
+        messages = importing.bound_messages(
+            messages,
+            max_chars=self.settings.max_message_chars,
+            max_images=self.settings.max_images_per_message,
+        )
+        items = importing.image_items(messages, blobs)
+        prepared, dropped = {}, {}
+        if items:
+            await self.charge_pixels([(n, raw) for _, n, raw in items], browser_id, client_ip)
+            results = await asyncio.gather(
+                *(
+                    prepare_images(
+                        [(name, raw)],
+                        max_bytes=self.settings.max_image_bytes,
+                        provider_id=meta.get("provider", ""),
+                        model=meta.get("model", ""),
+                    )
+                    for _, name, raw in items
+                ),
+                return_exceptions=True,
+            )
+            for (sha, _, _), result in zip(items, results, strict=True):
+                if isinstance(result, ImageRejected):
+                    dropped[sha] = result.reason
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    prepared[sha] = result[0]
+        messages = importing.apply_prepared(messages, prepared, dropped)
+        images = {i.sha256: (i.data, i.mime) for i in prepared.values()}
+        adding = len(json.dumps(messages, ensure_ascii=False).encode())
+        adding += sum(len(data) for data, _ in images.values())
+        await self.check_storage(browser_id, client_ip, adding)
+        store = await self.store()
+        cid, charged = await store.import_parsed(
+            importing.bound_meta(meta), messages, images, browser_id
+        )
+        await self._charge_api(browser_id, client_ip, charged)
+        return cid
+
     async def history(self, cid: str) -> list[dict]:
         store = await self.store()
         if not cid or not is_valid_id(cid):
@@ -805,6 +1071,10 @@ class ChatService:
         )
         path = self.image_dir / f"{sha}.{ext}"
         if path.exists():
+            # Shown again: no longer "old" for the upload dir's cleanup (uploads.py, Gradio's
+            # delete_cache go by age), which deletes it only when nobody displayed it lately.
+            with contextlib.suppress(OSError):
+                os.utime(path)
             return str(path)
         stored = await (await self.store()).get_image(sha)
         if stored is None:
@@ -963,14 +1233,16 @@ def display_answer(
         shown.append(
             {
                 "role": "assistant",
-                "content": [text_part(inert_markup(reasoning))],
+                "content": [text_part(safe_markdown(reasoning))],
                 "metadata": {"title": "💭 Thinking", "status": "pending" if streaming else "done"},
             }
         )
-    body = inert_markup(answer)  # model output: no live forms or embeds (limits.py)
+    body = answer
     if error and status in STATUS_NOTES:
         note = f"**{STATUS_NOTES[status]}:** {error}"
         body = f"{body.rstrip()}\n\n---\n{note}" if answer.strip() else note
+    # Model output and error text are untrusted: rendered harmlessly as a whole (markup.py).
+    body = safe_markdown(body)
     if body or not shown:
         shown.append({"role": "assistant", "content": [text_part(body or "…")]})
     if usage and not streaming:
@@ -1041,14 +1313,15 @@ def conversation_usage(messages: Sequence[dict]) -> str:
 
 def display_user(text: str, image_paths: Sequence[str], receipts: Sequence[str] = ()) -> list[dict]:
     content = [{"path": path} for path in image_paths]
-    if text:
-        content.insert(0, text_part(text))
+    if text:  # the user's own text (or an imported one) is as untrusted as a model's
+        content.insert(0, text_part(safe_markdown(text)))
     shown = [{"role": "user", "content": content or [text_part("")]}]
     if receipts:
+        lines = "\n".join(f"- {line}" for line in receipts)  # image names come from the client
         shown.append(
             {
                 "role": "assistant",
-                "content": [text_part("\n".join(f"- {line}" for line in receipts))],
+                "content": [text_part(safe_markdown(lines))],
                 "metadata": {"title": f"📎 Sent {len(receipts)} image(s)", "status": "done"},
             }
         )

@@ -152,11 +152,14 @@ async def check_providers(
     provider_ids: list[str] | None = None,
     api_keys: dict[str, str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    for_operator: bool = True,
 ) -> list[CheckResult]:
     """Check the given providers (default: every enabled one) concurrently.
 
     `api_keys` maps provider id -> a key to test instead of the configured one (a key the
     user typed in the settings panel); it also enables a provider that has no key yet.
+    With `for_operator=False` (the settings panel: any visitor) an operator's own base URLs,
+    which may name internal hosts, are replaced by the variable that sets them.
     """
     keys = {pid.strip().lower(): key.strip() for pid, key in (api_keys or {}).items() if key}
     keys = {pid: key for pid, key in keys.items() if key}
@@ -168,9 +171,19 @@ async def check_providers(
         *(_check_guarded(providers, pid, keys.get(pid), timeout_s) for pid in ids)
     )
     secrets = _secrets(providers, keys.values())
+    hidden = {} if for_operator else _internal_urls(providers)
     for result in results:
-        _scrub(result, secrets)
+        _scrub(result, secrets, hidden)
     return list(results)
+
+
+def _internal_urls(providers: Providers) -> dict[str, str]:
+    """Operator-set base URLs (display form) -> the words shown instead."""
+    return {
+        display_url(p.base_url): f"the address in {p.env_prefix}_BASE_URL"
+        for p in providers.all()
+        if p.base_url and not p.url_is_public
+    }
 
 
 async def _check_guarded(
@@ -492,10 +505,14 @@ def _secrets(providers: Providers, extra: Iterable[str]) -> list[str]:
     return sorted({s for s in [*found, *extra] if len(s) >= 4}, key=len, reverse=True)
 
 
-def _scrub(result: CheckResult, secrets: Sequence[str]) -> None:
+def _scrub(
+    result: CheckResult, secrets: Sequence[str], hidden: dict[str, str] | None = None
+) -> None:
     def clean(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, "***")
+        for url, words in (hidden or {}).items():
+            text = text.replace(url, words)
         return text
 
     result.fixes = [clean(fix) for fix in result.fixes]

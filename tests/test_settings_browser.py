@@ -38,6 +38,10 @@ def open_settings(chat: ChatPage) -> None:
         chat.page.wait_for_selector("#key-kimi input", state="visible")
 
 
+def local_storage(chat: ChatPage) -> str:
+    return chat.page.evaluate("() => JSON.stringify({...localStorage})")
+
+
 def provider_options(chat: ChatPage) -> list[str]:
     chat.page.locator("#provider input[role=combobox]").click()
     # the selected option carries a "✓" line before its name
@@ -70,7 +74,21 @@ def test_own_key_enables_a_provider_for_this_browser_only(chat, app, upstream, n
     # the usage line under the answer: Kimi reports no usage, so it is an estimate (~)
     chat.page.wait_for_selector("#chatbot >> text=/📊 ~\\d+ in/")
 
-    # kept in this browser across a reload, and in no other browser
+    # "this tab only" by default: nothing in the browser's storage, gone after a reload
+    assert USER_KEY not in local_storage(chat)
+    chat.reload()
+    assert KIMI not in provider_options(chat)
+
+    # "remember on this device": kept across a reload, and in no other browser
+    open_settings(chat)
+    chat.page.locator("#remember-keys input").check()
+    chat.page.locator("#key-kimi input").fill(USER_KEY)
+    chat.click("save-keys")
+    chat.page.wait_for_function("() => !document.querySelector('#key-kimi input').value")
+    chat.page.wait_for_function(
+        "() => Object.keys(localStorage).some(k => k.includes('keys') && "
+        "localStorage.getItem(k).length > 40)"
+    )
     chat.reload()
     assert KIMI in provider_options(chat)
     other = ChatPage(new_context().new_page(), app.url).open()
@@ -82,6 +100,8 @@ def test_own_key_enables_a_provider_for_this_browser_only(chat, app, upstream, n
         "() => !document.querySelector('#provider input[role=combobox]').value.includes('Kimi')"
     )
     assert KIMI not in provider_options(chat)
+    chat.reload()
+    assert KIMI not in provider_options(chat), "forgotten on this device too"
     assert USER_KEY not in app.log(), "a user's key never reaches the server log"
 
 
@@ -91,6 +111,8 @@ def test_check_providers_button_shows_the_table(chat):
     chat.page.wait_for_selector("#check-result table")
     text = chat.page.locator("#check-result").inner_text()
     assert "openai" in text and "demo" in text and "providers passed" in text
+    # OPENAI_BASE_URL is the operator's own address (here the fake upstream): not shown
+    assert "127.0.0.1" not in text
 
 
 def test_edit_a_message_then_compare_two_answers(chat, upstream):

@@ -67,7 +67,7 @@ def test_front_matter_is_a_valid_gradio_space():
     app_file = ROOT / meta["app_file"]
     assert app_file.is_file()
     source = app_file.read_text(encoding="utf-8")
-    assert re.search(r"^with gr\.Blocks\(.*\) as demo:", source, re.M), "a module-level demo"
+    assert re.search(r"^with gr\.Blocks\([^:]*\) as demo:", source, re.M), "a module-level demo"
     assert 'if __name__ == "__main__":' in source, "Spaces runs `python app.py`"
 
 
