@@ -80,7 +80,7 @@ RUNNING_TTL_S = 120  # a "one at a time" mark outlives any run (a provider check
 
 
 def budgets(s: Settings) -> dict[str, Budget]:
-    """Every budget a stranger can spend by the minute (docs/threat-model.md lists them)."""
+    """Every budget a stranger can spend by the minute (docs/security.md lists them)."""
     return {
         # a message, a retry, a compare and an edit each count as one turn
         "turns": Budget(
