@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import subprocess
 import sys
 import time
@@ -15,21 +16,23 @@ from PIL import Image
 
 from config import ROLES
 from tests.app_server import ROOT, AppServer
+from tests.conftest import app_env
 from tests.fake_upstream import error, slow
 from tests.servers import free_port
+
+pytestmark = pytest.mark.e2e  # every test here launches the app
 
 
 @pytest.fixture(scope="module")
 def app(redis_server, upstream):
-    env = {
-        "OPENAI_API_KEY": "sk-test-PLANTED-app-key",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEEPSEEK_API_KEY": "sk-test-deepseek",
-        "DEEPSEEK_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_server.url.replace("/0", "/3"),
-        "DEFAULT_PROVIDER": "openai",
-        "PROVIDER_TIMEOUT_SECONDS": "5",
-    }
+    env = app_env(
+        upstream,
+        redis_server.url.replace("/0", "/3"),
+        OPENAI_API_KEY="sk-test-PLANTED-app-key",
+        DEEPSEEK_API_KEY="sk-test-deepseek",
+        DEEPSEEK_BASE_URL=upstream.base_url,
+        PROVIDER_TIMEOUT_SECONDS="5",
+    )
     with AppServer(env) as server:
         yield server
 
@@ -69,14 +72,29 @@ def test_zero_config_start_uses_demo_and_embedded_store(tmp_path):
         assert "hello from a new user" in reply and "demo" in reply.lower()
         assert len(cid) == 32
         assert len(client.predict(conversation_id=cid, api_name="/history")) == 2
-        page = httpx.get(server.url, timeout=10).text
-        assert "chat-input" in page or "gradio" in page.lower()
+        page = httpx.get(server.url, timeout=10)
+        assert page.status_code == 200 and page.text.lstrip().lower().startswith("<!doctype html")
+        components = httpx.get(server.url + "config", timeout=10).json()["components"]
+        shown = {c["props"]["elem_id"]: c for c in components if c["props"].get("elem_id")}
+        assert shown["chat-input"]["type"] == "multimodaltextbox"
+        assert shown["chatbot"]["type"] == "chatbot"
+        assert shown["provider"]["props"]["value"] == "demo"
+        assert shown["provider"]["props"]["choices"] == [["Demo (offline)", "demo"]]
         assert "in memory" in server.log()
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_default_port_is_7860():
-    source = (ROOT / "app.py").read_text()
-    assert "server_port" in source
+    """`python app.py` with no --port and no GRADIO_SERVER_PORT serves on 127.0.0.1:7860.
+    Where 7860 is taken (a developer's own app), the help must still say so."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "app.py"), "--help"],
         capture_output=True,
@@ -85,6 +103,15 @@ def test_default_port_is_7860():
         cwd=ROOT,
     )
     assert out.returncode == 0 and "--share" in out.stdout and "--auth" in out.stdout
+    assert "default 7860" in " ".join(out.stdout.split())
+    if not port_is_free(7860):
+        return
+    server = AppServer({"GRADIO_NUM_PORTS": "1"})  # 7860 only: never a silent fallback
+    del server.env["GRADIO_SERVER_PORT"]
+    server.port, server.url = 7860, "http://127.0.0.1:7860/"
+    with server:
+        assert httpx.get(server.url + "health", timeout=10).status_code == 200
+        assert "Running on local URL:  http://127.0.0.1:7860" in server.log()
 
 
 def test_unreachable_redis_fails_at_start_with_a_clear_message():

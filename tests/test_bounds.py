@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import json
 import os
@@ -30,19 +31,10 @@ from history import new_id
 from limits import RateLimited, RateLimiter
 from providers import Providers
 from tests.app_server import AppServer
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, stall
 
 KB, MB = 1024, 1024 * 1024
-
-
-def app_env(redis_url: str, upstream: FakeUpstream, **limits: str) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test-bounds",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_url,
-        "DEFAULT_PROVIDER": "openai",
-        **limits,
-    }
 
 
 def png(width: int, height: int, colour=(0, 90, 200)) -> bytes:
@@ -133,7 +125,7 @@ def browser_state() -> dict:
 # -- 1. imports --------------------------------------------------------------------------
 def test_import_flood_is_refused_and_redis_stays_bounded(redis_url, upstream):
     """The attack: imports of random bytes posing as images, as fast as possible."""
-    env = app_env(redis_url, upstream, IMPORTS_PER_MINUTE="3")
+    env = app_env(upstream, redis_url, IMPORTS_PER_MINUTE="3")
     with AppServer(env) as app:
         client = Client(app.url, verbose=False)
         before = used_memory(redis_url)
@@ -168,7 +160,7 @@ def test_import_flood_is_refused_and_redis_stays_bounded(redis_url, upstream):
 def test_imports_from_many_browsers_on_loopback_meet_the_global_ceiling(redis_url, upstream):
     """Fresh browser ids per import (the UI's import event, called raw): the per-browser
     limit never triggers, the global one does."""
-    env = app_env(redis_url, upstream, IMPORTS_PER_MINUTE="100", IMPORTS_GLOBAL_PER_MINUTE="3")
+    env = app_env(upstream, redis_url, IMPORTS_PER_MINUTE="100", IMPORTS_GLOBAL_PER_MINUTE="3")
     with AppServer(env) as app:
         index = fn_index(app.url, "import")
         export = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
@@ -187,7 +179,7 @@ def upload(url: str, files: list[tuple[str, bytes]]) -> httpx.Response:
 
 
 def test_upload_flood_is_refused_past_the_budget(redis_url, upstream):
-    env = app_env(redis_url, upstream, UPLOADS_GLOBAL_PER_MINUTE="5")
+    env = app_env(upstream, redis_url, UPLOADS_GLOBAL_PER_MINUTE="5")
     with AppServer(env) as app:
         statuses = [upload(app.url, [("x.bin", os.urandom(100 * KB))]) for _ in range(20)]
         assert [r.status_code for r in statuses].count(200) == 5
@@ -199,7 +191,7 @@ def test_upload_flood_is_refused_past_the_budget(redis_url, upstream):
 
 
 def test_upload_megabytes_per_minute_are_bounded(redis_url, upstream):
-    env = app_env(redis_url, upstream, UPLOAD_GLOBAL_MB_PER_MINUTE="1")
+    env = app_env(upstream, redis_url, UPLOAD_GLOBAL_MB_PER_MINUTE="1")
     with AppServer(env) as app:
         codes = [upload(app.url, [("x.bin", os.urandom(300 * KB))]).status_code for _ in range(6)]
         assert codes[:3] == [200, 200, 200] and set(codes[3:]) == {429}
@@ -214,7 +206,7 @@ def test_upload_megabytes_per_minute_are_bounded(redis_url, upstream):
 
 
 def test_upload_dir_total_is_honoured_and_old_files_go(redis_url, upstream, tmp_path):
-    env = app_env(redis_url, upstream, MAX_UPLOAD_DISK_MB="1", UPLOAD_MAX_AGE_HOURS="1")
+    env = app_env(upstream, redis_url, MAX_UPLOAD_DISK_MB="1", UPLOAD_MAX_AGE_HOURS="1")
     server = AppServer(env)
     root = Path(server.env["GRADIO_TEMP_DIR"])
     old_time = time.time() - 2 * 3600
@@ -236,7 +228,7 @@ def test_upload_dir_total_is_honoured_and_old_files_go(redis_url, upstream, tmp_
 
 
 def test_old_uploads_are_deleted_and_the_example_stays(redis_url, upstream):
-    env = app_env(redis_url, upstream, UPLOAD_MAX_AGE_HOURS="0.001")  # 3.6 s
+    env = app_env(upstream, redis_url, UPLOAD_MAX_AGE_HOURS="0.001")  # 3.6 s
     with AppServer(env) as app:
         uploaded = upload(app.url, [("x.bin", os.urandom(10 * KB))]).json()[0]
         assert Path(uploaded).exists()
@@ -253,7 +245,7 @@ def test_old_uploads_are_deleted_and_the_example_stays(redis_url, upstream):
 def test_a_browser_attaching_eight_images_works_at_the_defaults(redis_url, upstream, tmp_path):
     """What the browser does: one upload request with a message's 8 photos (~2.5 MB each),
     a few messages in a row; then the turn itself, with 8 real images."""
-    with AppServer(app_env(redis_url, upstream)) as app:
+    with AppServer(app_env(upstream, redis_url)) as app:
         photos = [(f"p{i}.jpg", os.urandom(2500 * KB)) for i in range(8)]
         for _ in range(3):
             response = upload(app.url, photos)
@@ -280,7 +272,7 @@ def counting_upstream():
 
 def test_provider_checks_via_the_raw_queue_are_bounded(redis_url, counting_upstream):
     up = counting_upstream
-    env = app_env(redis_url, up, CHECKS_PER_MINUTE="2", CHECKS_GLOBAL_PER_MINUTE="4")
+    env = app_env(up, redis_url, CHECKS_PER_MINUTE="2", CHECKS_GLOBAL_PER_MINUTE="4")
     with AppServer(env) as app:
         index = fn_index(app.url, "check-providers")
         mine = browser_state()
@@ -301,7 +293,7 @@ def test_provider_checks_via_the_raw_queue_are_bounded(redis_url, counting_upstr
 def test_a_provider_check_runs_once_at_a_time_per_browser(redis_url, counting_upstream):
     up = counting_upstream
     up.script(stall("", seconds=3))
-    with AppServer(app_env(redis_url, up)) as app:
+    with AppServer(app_env(up, redis_url)) as app:
         index = fn_index(app.url, "check-providers")
         mine = browser_state()
 
@@ -318,7 +310,7 @@ def test_a_provider_check_runs_once_at_a_time_per_browser(redis_url, counting_up
 
 def test_max_tokens_is_clamped_everywhere(redis_url, upstream):
     upstream.reset()
-    env = app_env(redis_url, upstream, MAX_OUTPUT_TOKENS="1000")
+    env = app_env(upstream, redis_url, MAX_OUTPUT_TOKENS="1000")
     with AppServer(env) as app:
         body = {"messages": [{"role": "user", "content": "long please"}], "max_tokens": 1_000_000}
         response = httpx.post(app.url + "api/chat", json=body, timeout=30)
@@ -334,7 +326,7 @@ def test_max_tokens_is_clamped_everywhere(redis_url, upstream):
 
 
 def test_image_pixels_per_minute_are_bounded(redis_url, upstream, tmp_path):
-    env = app_env(redis_url, upstream, IMAGE_MEGAPIXELS_PER_MINUTE="30")
+    env = app_env(upstream, redis_url, IMAGE_MEGAPIXELS_PER_MINUTE="30")
     huge = tmp_path / "huge.png"
     huge.write_bytes(png(5000, 4000))  # 20 megapixels, a small file
     with AppServer(env) as app:
@@ -350,7 +342,7 @@ def test_image_pixels_per_minute_are_bounded(redis_url, upstream, tmp_path):
 
 
 def test_api_callers_storage_quota(redis_url, upstream):
-    env = app_env(redis_url, upstream, MAX_STORED_MB_PER_BROWSER="0.05")
+    env = app_env(upstream, redis_url, MAX_STORED_MB_PER_BROWSER="0.05")
     with AppServer(env) as app:
         client = Client(app.url, verbose=False)
         text = json.dumps({"messages": [{"role": "user", "content": "x" * 19_000}]})
@@ -403,7 +395,7 @@ def service_for(**env: str) -> ChatService:
 
 
 async def run(turn) -> list:
-    return [update async for update in turn]
+    return [copy.copy(update) async for update in turn]
 
 
 @pytest.mark.anyio

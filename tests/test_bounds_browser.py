@@ -18,6 +18,7 @@ from tests.browser import (  # noqa: F401  (fixtures)
     context_factory,
     shot,
 )
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream
 
 
@@ -25,16 +26,6 @@ from tests.fake_upstream import FakeUpstream
 def upstream():
     with FakeUpstream() as server:
         yield server
-
-
-def app_env(redis_url: str, upstream: FakeUpstream, **limits: str) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test-bounds-browser",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": redis_url,
-        **limits,
-    }
 
 
 def test_eight_photos_in_one_message_work_at_the_defaults(
@@ -45,7 +36,7 @@ def test_eight_photos_in_one_message_work_at_the_defaults(
         path = tmp_path / f"photo{i}.png"
         Image.frombytes("RGB", (800, 600), os.urandom(800 * 600 * 3)).save(path)
         photos.append(path)
-    with AppServer(app_env(redis_url, upstream)) as app:
+    with AppServer(app_env(upstream, redis_url)) as app:
         chat = ChatPage(new_context().new_page(), app.url).open()
         chat.send("Eight photos", photos)
         chat.wait_for_answer("Echo: Eight photos")
@@ -58,7 +49,7 @@ def test_eight_photos_in_one_message_work_at_the_defaults(
 def test_past_the_storage_quota_a_toast_says_what_to_do_and_the_text_stays(
     redis_url, upstream, new_context
 ):
-    with AppServer(app_env(redis_url, upstream, MAX_STORED_MB_PER_BROWSER="0.01")) as app:
+    with AppServer(app_env(upstream, redis_url, MAX_STORED_MB_PER_BROWSER="0.01")) as app:
         chat = ChatPage(new_context().new_page(), app.url).open()
         first = "a" * 6000
         chat.send(first, wait=False)

@@ -33,23 +33,22 @@ from tests.browser import (  # noqa: F401  (fixtures)
     context_factory,
     shot,
 )
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, error, reply, slow
 
 DB = 7  # this module's database on the private redis-server
 
 
-def app_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test-browser-openai",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEEPSEEK_API_KEY": "sk-test-browser-deepseek",
-        "DEEPSEEK_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": redis_url,
-        "PROVIDER_TIMEOUT_SECONDS": "10",
+def browser_env(upstream: FakeUpstream, redis_url: str) -> dict[str, str]:
+    return app_env(
+        upstream,
+        redis_url,
+        DEEPSEEK_API_KEY="sk-test-browser-deepseek",
+        DEEPSEEK_BASE_URL=upstream.base_url,
+        PROVIDER_TIMEOUT_SECONDS="10",
         # One machine sends every message here: the limits have their own tests.
-        "RATE_LIMIT_PER_MINUTE": "1000",
-    }
+        RATE_LIMIT_PER_MINUTE="1000",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def redis_db(redis_server) -> str:
 
 @pytest.fixture(scope="module")
 def app(redis_db, upstream):
-    with AppServer(app_env(redis_db, upstream)) as server:
+    with AppServer(browser_env(upstream, redis_db)) as server:
         yield server
 
 
@@ -338,7 +337,7 @@ def test_restart_with_redis_shows_the_same_list(redis_server, upstream, new_cont
     """No APP_SECRET: the BrowserState secret is kept in Redis, so ids survive a restart."""
     url = redis_server.url.rsplit("/", 1)[0] + f"/{DB + 2}"  # 8 is test_faults_browser's
     redis.Redis.from_url(url).flushdb()
-    server = AppServer(app_env(url, upstream)).start()
+    server = AppServer(browser_env(upstream, url)).start()
     try:
         chat = ChatPage(new_context().new_page(), server.url).open()
         chat.send("Before the restart", [images["blue"]])

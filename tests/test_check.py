@@ -20,6 +20,7 @@ import providers as providers_module
 from check import FAIL, PASS, SKIP, WARN, CheckResult, Step, check_providers, format_table
 from providers import Providers
 from tests.app_server import PROVIDER_VARS, ROOT
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, _Handler, error, free_port, reply, stall
 
 KEY = "sk-test-PLANTED-check-0123456789"
@@ -59,7 +60,7 @@ def upstream_without_models() -> Iterator[FakeUpstream]:
 
 
 def openai_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
-    return {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url, **extra}
+    return app_env(upstream, **{"OPENAI_API_KEY": KEY, "DEFAULT_PROVIDER": None, **extra})
 
 
 async def run_check(env: dict[str, str], **kwargs) -> dict[str, CheckResult]:
@@ -121,6 +122,7 @@ async def test_demo_alone_passes_offline():
 # ---- failures and their fixes
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 @pytest.mark.anyio
 async def test_rejected_key():
     with FakeUpstream(api_key="the-right-key-123") as upstream:
@@ -160,6 +162,7 @@ async def test_no_models_endpoint_but_chat_works():
     assert openai.passed
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 @pytest.mark.anyio
 async def test_default_model_missing_from_list_but_answering_is_a_warning():
     with FakeUpstream(models=("other-a", "other-b")) as upstream:
@@ -169,6 +172,7 @@ async def test_default_model_missing_from_list_but_answering_is_a_warning():
     assert "ep-20250101-abc is not in the endpoint's model list but it answered" in openai.fix
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 @pytest.mark.anyio
 async def test_default_model_missing_from_list_and_refused():
     models = tuple(f"model-{i}" for i in range(9))
@@ -264,15 +268,16 @@ async def test_quota_error_means_the_key_is_valid(upstream):
     assert "no credit left" in openai.fix
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 @pytest.mark.anyio
 async def test_typed_key_overrides_and_enables():
     with FakeUpstream(api_key=KEY) as upstream:
-        env = {
-            "OPENAI_API_KEY": "sk-stale-key-9876543210",
-            "OPENAI_BASE_URL": upstream.base_url,
-            "OPENAI_MODELS": "fake-model",
-            "DEEPSEEK_BASE_URL": upstream.base_url,  # no DEEPSEEK_API_KEY: disabled
-        }
+        env = openai_env(
+            upstream,
+            OPENAI_API_KEY="sk-stale-key-9876543210",
+            OPENAI_MODELS="fake-model",
+            DEEPSEEK_BASE_URL=upstream.base_url,  # no DEEPSEEK_API_KEY: disabled
+        )
         before = await run_check(env)
         after = await run_check(env, api_keys={"openai": KEY, "deepseek": KEY})
     assert list(before) == ["openai", "demo"] and not before["openai"].passed
@@ -296,6 +301,7 @@ async def test_disabled_and_unknown_providers_when_asked_for():
     assert "Unknown provider 'nope'" in results["nope"].fix
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 @pytest.mark.anyio
 async def test_keys_echoed_by_the_server_are_scrubbed():
     typed = "typed-key-PLANTED-5555"
@@ -382,6 +388,7 @@ def test_cli_all_passed(upstream):
     assert len(upstream.requests) == 2  # reply + image: the check really talked to it
 
 
+@pytest.mark.e2e  # `python app.py --check` against a fake upstream
 def test_cli_bad_key_exits_1_with_the_fix():
     echoed = {"error": {"message": f"Incorrect API key provided: {KEY}", "code": "invalid_api_key"}}
     with FakeUpstream(api_key="the-right-key-123") as upstream:

@@ -9,17 +9,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.app_server import AppServer
-from tests.fake_upstream import FakeUpstream
+from tests.conftest import app_env
 from tests.servers import RedisServer
-
-
-def app_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test-conversations",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_url,
-        "DEFAULT_PROVIDER": "openai",
-    }
 
 
 def chat(client: Client, **kwargs) -> tuple[str, str]:
@@ -27,7 +18,7 @@ def chat(client: Client, **kwargs) -> tuple[str, str]:
 
 
 def test_two_replicas_share_conversations(redis_url, upstream):
-    env = app_env(redis_url, upstream)
+    env = app_env(upstream, redis_url)
     with AppServer(env) as first, AppServer(env) as second:
         one, two = Client(first.url, verbose=False), Client(second.url, verbose=False)
         reply, cid = chat(one, message="hello from replica one")
@@ -52,7 +43,7 @@ def test_two_replicas_share_conversations(redis_url, upstream):
 def test_app_restart_with_persisting_redis_loses_nothing(upstream, tmp_path):
     redis = RedisServer(aof=True).start()
     try:
-        env = app_env(redis.url, upstream)
+        env = app_env(upstream, redis.url)
         image = tmp_path / "dot.png"
         Image.new("RGB", (32, 32), (250, 10, 10)).save(image)
         with AppServer(env) as app:
@@ -75,7 +66,7 @@ def test_app_restart_with_persisting_redis_loses_nothing(upstream, tmp_path):
 def test_export_and_import_round_trip(redis_url, upstream, tmp_path):
     image = tmp_path / "blue.png"
     Image.new("RGB", (40, 30), (0, 0, 255)).save(image)
-    with AppServer(app_env(redis_url, upstream)) as app:
+    with AppServer(app_env(upstream, redis_url)) as app:
         client = Client(app.url, verbose=False)
         _, cid = chat(client, message="a picture", images=[handle_file(image)])
         chat(client, message="second message", conversation_id=cid)

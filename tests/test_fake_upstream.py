@@ -57,6 +57,7 @@ def test_non_streaming_reply_and_error_headers(upstream):
     assert upstream.pending == 0
 
 
+@pytest.mark.e2e  # starts a server in the test's body
 def test_api_key_is_enforced_when_set():
     with FakeUpstream(api_key="right") as upstream:
         url = f"{upstream.base_url}/chat/completions"

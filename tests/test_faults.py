@@ -7,6 +7,7 @@ upstream (real HTTP); providers.py's own mapping is tested in tests/test_provide
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import secrets
@@ -26,6 +27,7 @@ from config import load_settings
 from images import prepare_images
 from providers import Providers
 from tests.app_server import AppServer
+from tests.conftest import app_env
 from tests.fake_upstream import (
     FakeUpstream,
     cut,
@@ -65,19 +67,18 @@ def refused_url():
 
 @pytest.fixture(scope="module")
 def app(history_redis, upstream, hanging_port, refused_url):
-    env = {
-        "OPENAI_API_KEY": PLANTED,
-        "OPENAI_BASE_URL": upstream.base_url,
-        "CUSTOM_BASE_URL": refused_url,  # nothing listens: connection refused
-        "CUSTOM_MODELS": "any-model",
-        "MOONSHOT_API_KEY": "sk-test-moonshot",
-        "MOONSHOT_BASE_URL": f"http://127.0.0.1:{hanging_port}/v1",  # connect() hangs
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": history_redis.url,
-        "PROVIDER_TIMEOUT_SECONDS": str(READ_TIMEOUT_S),
-        "PROVIDER_CONNECT_TIMEOUT_SECONDS": "0.3",
-        "RATE_LIMIT_PER_MINUTE": "0",  # rate limits have their own app in test_limits.py
-    }
+    env = app_env(
+        upstream,
+        history_redis.url,
+        OPENAI_API_KEY=PLANTED,
+        CUSTOM_BASE_URL=refused_url,  # nothing listens: connection refused
+        CUSTOM_MODELS="any-model",
+        MOONSHOT_API_KEY="sk-test-moonshot",
+        MOONSHOT_BASE_URL=f"http://127.0.0.1:{hanging_port}/v1",  # connect() hangs
+        PROVIDER_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
+        PROVIDER_CONNECT_TIMEOUT_SECONDS="0.3",
+        RATE_LIMIT_PER_MINUTE="0",  # rate limits have their own app in test_limits.py
+    )
     with AppServer(env) as server:
         yield server
 
@@ -270,19 +271,13 @@ def test_app_keeps_serving_after_every_failure(app, client, upstream):
 
 # -- 2. history through failures: Retry and Redis outages ----------------------------------
 def new_service(redis_url: str, upstream: FakeUpstream, tmp_path: Path, **env: str) -> ChatService:
-    environ = {
-        "OPENAI_API_KEY": "sk-test-faults",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_url,
-        "RATE_LIMIT_PER_MINUTE": "0",
-        **env,
-    }
+    environ = app_env(upstream, redis_url, RATE_LIMIT_PER_MINUTE="0", **env)
     providers = Providers(environ, timeout_s=1, connect_timeout_s=0.2)
     return ChatService(load_settings(environ), providers, image_dir=tmp_path / "img")
 
 
 async def collect(updates) -> list:
-    return [update async for update in updates]
+    return [copy.copy(update) async for update in updates]
 
 
 RETRY_CASES = {
@@ -359,7 +354,7 @@ async def test_redis_dies_while_an_answer_streams(upstream, tmp_path):
         updates = service.turn(TurnRequest(text="count", model="gpt-4o"))
         seen = []
         async for update in updates:
-            seen.append(update)
+            seen.append(copy.copy(update))  # as yielded
             if len(update.answer) > 8 and server.proc is not None:
                 await asyncio.to_thread(server.stop)  # once, mid-answer
         final = seen[-1]

@@ -21,6 +21,7 @@ from tests.browser import (  # noqa: F401  (fixtures)
     context_factory,
     shot,
 )
+from tests.conftest import app_env
 from tests.fake_upstream import cut, reply
 
 DB = 8  # this module's database on the private redis-server
@@ -38,14 +39,12 @@ def redis_db(redis_server) -> redis.Redis:
 @pytest.fixture(scope="module")
 def app(redis_db, upstream):
     kwargs = redis_db.connection_pool.connection_kwargs
-    env = {
-        "OPENAI_API_KEY": "sk-test-faults-browser",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": f"redis://{kwargs['host']}:{kwargs['port']}/{DB}",
-        "RATE_LIMIT_PER_MINUTE": "2",  # per browser: each test is a new browser
-        "RATE_LIMIT_PER_IP_PER_MINUTE": "100",  # every test comes from 127.0.0.1
-    }
+    env = app_env(
+        upstream,
+        f"redis://{kwargs['host']}:{kwargs['port']}/{DB}",
+        RATE_LIMIT_PER_MINUTE="2",  # per browser: each test is a new browser
+        RATE_LIMIT_PER_IP_PER_MINUTE="100",  # every test comes from 127.0.0.1
+    )
     with AppServer(env) as server:
         yield server
 

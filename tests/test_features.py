@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from chat import ChatService, TurnRequest, conversation_usage, usage_summary
 from config import load_settings, price_of
 from providers import Providers
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, reply
 
 pytestmark = pytest.mark.anyio
@@ -24,20 +26,15 @@ def upstream():
 
 @pytest.fixture
 async def service(redis_url, upstream, tmp_path):
-    environ = {
-        "OPENAI_API_KEY": "sk-test-features",
-        "OPENAI_BASE_URL": upstream.base_url,
-        # Kimi has no key on the server: only a user's own key can enable it.
-        "MOONSHOT_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_url,
-    }
+    # Kimi has no key on the server: only a user's own key can enable it.
+    environ = app_env(upstream, redis_url, MOONSHOT_BASE_URL=upstream.base_url)
     made = ChatService(load_settings(environ), Providers(environ), image_dir=tmp_path)
     yield made
     await made.aclose()
 
 
 async def run(updates) -> list:
-    return [update async for update in updates]
+    return [copy.copy(update) async for update in updates]
 
 
 async def test_usage_from_the_provider_with_cost(service, upstream, tmp_path):

@@ -39,11 +39,44 @@ def user(text: str, *refs: dict) -> dict:
     return message
 
 
+# Tests look into Redis through `store.redis` and the key layout history.py documents (its
+# docstring; docs/), never through the store's private helpers.
+def meta_key(store: HistoryStore, cid: str) -> str:
+    return f"{store.prefix}conv:{cid}:meta"
+
+
+def msgs_key(store: HistoryStore, cid: str) -> str:
+    return f"{store.prefix}conv:{cid}:msgs"
+
+
+def index_key(store: HistoryStore, browser: str) -> str:
+    return f"{store.prefix}browser:{browser}:convs"
+
+
+def image_key(store: HistoryStore, sha: str) -> str:
+    return f"{store.prefix}img:{sha}"
+
+
 async def keys_of(store: HistoryStore) -> list[str]:
-    return sorted([k.decode() async for k in store._r.scan_iter(match=store.prefix + "*")])
+    return sorted([k.decode() async for k in store.redis.scan_iter(match=store.prefix + "*")])
 
 
-@pytest.fixture(params=["redis", "embedded"])
+def replica(store: HistoryStore) -> HistoryStore:
+    """Another store on the same Redis (as another replica or a restarted app has): its
+    in-process caches start cold. It shares the client, so only `store` is closed."""
+    return HistoryStore(
+        store.redis,
+        store.redis,
+        embedded=store.embedded,
+        url_for_display=store.url_for_display,
+        ttl_seconds=store.ttl_seconds,
+        max_messages=store.max_messages,
+        prefix=store.prefix,
+        image_cache_bytes=history.DEFAULT_IMAGE_CACHE_BYTES,
+    )
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.e2e), "embedded"])
 async def store(request):
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     store = await HistoryStore.connect(url, ttl_seconds=TTL, prefix="t:")
@@ -193,7 +226,7 @@ async def test_delete(store):
     assert await store.get_meta(gone) is None and await store.get_messages(gone) == []
     assert [c["id"] for c in await store.list_conversations(browser)] == [keep]
     assert not [k for k in await keys_of(store) if gone in k]
-    assert await store._r.zcard(store._index_key(browser)) == 1
+    assert await store.redis.zcard(index_key(store, browser)) == 1
 
 
 # ---- messages ------------------------------------------------------------------------------
@@ -227,8 +260,8 @@ async def test_append_validates_input(store):
     assert not [k for k in await keys_of(store) if ":img:" in k]
 
 
-async def test_trim_at_max_messages(store):
-    url = None if store.embedded else _url(store)
+async def test_trim_at_max_messages(store, request):
+    url = None if store.embedded else request.getfixturevalue("redis_url")
     small = await HistoryStore.connect(url, max_messages=5, prefix="trim:")
     try:
         cid = await small.create_conversation(None)
@@ -236,14 +269,9 @@ async def test_trim_at_max_messages(store):
             await small.append_turn(cid, [user(f"m{i}")])
         await small.append_turn(cid, [user("a"), user("b")])
         assert [m["content"] for m in await small.get_messages(cid)] == ["m5", "m6", "m7", "a", "b"]
-        assert await small._r.llen(small._msgs_key(cid)) == 5
+        assert await small.redis.llen(msgs_key(small, cid)) == 5
     finally:
         await small.close()
-
-
-def _url(store: HistoryStore) -> str:
-    kwargs = store._r.connection_pool.connection_kwargs
-    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
 
 
 async def test_pop_and_replace(store):
@@ -279,11 +307,11 @@ async def test_deleted_while_streaming_leaves_no_ghost(store):
     browser = history.new_id()
     cid = await store.create_conversation(browser)
     await store.append_turn(cid, [user("q")], browser_id=browser)
-    await store._r.delete(store._meta_key(cid), store._msgs_key(cid))  # another replica deleted it
+    await store.redis.delete(meta_key(store, cid), msgs_key(store, cid))  # another replica did
     with pytest.raises(UnknownConversation):
         await store.append_turn(cid, [{"role": "assistant", "content": "a"}], browser_id=browser)
     assert not [k for k in await keys_of(store) if cid in k]
-    assert await store._r.zscore(store._index_key(browser), cid) is None
+    assert await store.redis.zscore(index_key(store, browser), cid) is None
 
 
 # ---- one MULTI per turn --------------------------------------------------------------------
@@ -340,7 +368,7 @@ async def test_images_stored_once_across_conversations(real_store):
     keys = await keys_of(real_store)
     image_keys = [k for k in keys if ":img:" in k]
     assert len(image_keys) == 5
-    usage = {k: await real_store._r.memory_usage(k) for k in keys}
+    usage = {k: await real_store.redis.memory_usage(k) for k in keys}
     image_bytes = sum(usage[k] for k in image_keys)
     other_bytes = sum(v for k, v in usage.items() if k not in image_keys)
     assert 5 * 200_000 <= image_bytes < 5 * 260_000
@@ -357,10 +385,11 @@ async def test_image_cache_and_batch(store):
     got = await store.get_images([sha1, sha2, "f" * 64, sha1])
     assert got == {sha1: (d1, "image/png"), sha2: (d2, "image/webp")}
     # Cold: a fresh cache goes to Redis; warm: bytes are served from the process.
-    store._images.clear()
-    assert await store.get_image(sha2) == (d2, "image/webp")
-    await store._r.delete(store._image_key(sha2))
-    assert await store.get_image(sha2) == (d2, "image/webp")
+    cold = replica(store)
+    assert await cold.get_image(sha2) == (d2, "image/webp")
+    await store.redis.delete(image_key(store, sha2))
+    assert await cold.get_image(sha2) == (d2, "image/webp")
+    assert await replica(store).get_image(sha2) is None  # really gone from Redis
 
 
 # ---- TTLs ----------------------------------------------------------------------------------
@@ -381,7 +410,7 @@ async def test_every_key_has_a_ttl_except_the_secret(store):
     keys = await keys_of(store)
     assert len(keys) == 6  # meta x2, msgs, index, image, secret
     for key in keys:
-        ttl = await store._r.ttl(key)
+        ttl = await store.redis.ttl(key)
         if key == f"{store.prefix}app_secret":
             assert ttl == -1
         else:
@@ -391,33 +420,33 @@ async def test_every_key_has_a_ttl_except_the_secret(store):
 async def test_reading_a_conversation_refreshes_its_ttls(store):
     browser, cid, sha = await _make_busy_store(store)
     related = [
-        store._meta_key(cid),
-        store._msgs_key(cid),
-        store._index_key(browser),
-        store._image_key(sha),
+        meta_key(store, cid),
+        msgs_key(store, cid),
+        index_key(store, browser),
+        image_key(store, sha),
     ]
     for key in related:
-        await store._r.expire(key, 100)
+        await store.redis.expire(key, 100)
     await store.get_messages(cid)
     for key in related:
-        assert await store._r.ttl(key) > TTL - 10, key
+        assert await store.redis.ttl(key) > TTL - 10, key
     # A write refreshes them too (the image because the turn re-sends it).
     for key in related:
-        await store._r.expire(key, 100)
+        await store.redis.expire(key, 100)
     data = (await store.get_image(sha))[0]
     await store.append_turn(cid, [user("again", ref(sha))], {sha: (data, "image/png")})
     for key in related:
-        assert await store._r.ttl(key) > TTL - 10, key
+        assert await store.redis.ttl(key) > TTL - 10, key
 
 
 async def test_index_entry_dropped_when_meta_expired(store):
     browser = history.new_id()
     alive = await store.create_conversation(browser)
     dead = await store.create_conversation(browser)
-    await store._r.pexpire(store._meta_key(dead), 1)
+    await store.redis.pexpire(meta_key(store, dead), 1)
     await asyncio.sleep(0.05)
     assert [c["id"] for c in await store.list_conversations(browser)] == [alive]
-    assert await store._r.zrange(store._index_key(browser), 0, -1) == [alive.encode()]
+    assert await store.redis.zrange(index_key(store, browser), 0, -1) == [alive.encode()]
     assert await store.owns(browser, dead) is False
 
 
@@ -436,13 +465,12 @@ async def test_export_import_round_trip(store):
     inline = exported["messages"][0]["images"][0]
     assert base64.b64decode(inline["data"]) == data and inline["mime"] == "image/png"
 
-    await store._r.delete(store._image_key(sha))  # import must re-store the bytes
-    store._images.clear()
+    await store.redis.delete(image_key(store, sha))  # import must re-store the bytes
     new = await store.import_json(exported, other)
     assert new != cid and history.is_valid_id(new)
     assert await store.owns(other, new) and not await store.owns(browser, new)
     assert await store.get_messages(new) == turn
-    assert await store.get_image(sha) == (data, "image/png")
+    assert await replica(store).get_image(sha) == (data, "image/png")  # from Redis, not a cache
     meta = await store.get_meta(new)
     assert (meta["title"], meta["role"], meta["model"], meta["x"]) == ("Cats", "teacher", "m", "1")
 
@@ -533,6 +561,7 @@ async def test_connect_to_nothing_is_a_clear_error():
         history.app_secret_from_redis(url)
 
 
+@pytest.mark.e2e  # its own redis-server
 async def test_redis_down_mid_session_then_back():
     server = RedisServer().start()
     try:
@@ -580,6 +609,7 @@ async def test_redis_down_mid_session_then_back():
         server.close()
 
 
+@pytest.mark.e2e  # its own redis-server
 async def test_aof_keeps_turns_across_a_restart():
     server = RedisServer(aof=True).start()
     try:
@@ -589,7 +619,8 @@ async def test_aof_keeps_turns_across_a_restart():
         sha, data = image()
         await store.append_turn(cid, [user("keep me", ref(sha))], {sha: (data, "image/png")})
         server.restart()
-        store._images.clear()
+        await store.close()
+        store = await HistoryStore.connect(server.url)  # the app restarted too: nothing cached
         assert await store.get_messages(cid) == [user("keep me", ref(sha))]
         assert [c["title"] for c in await store.list_conversations(browser)] == ["durable"]
         assert await store.get_image(sha) == (data, "image/png")

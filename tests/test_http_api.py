@@ -22,6 +22,7 @@ from chat import ChatService
 from config import ROLES, load_settings
 from providers import Providers
 from tests.app_server import ROOT, AppServer
+from tests.conftest import app_env
 from tests.fake_upstream import error, mid_error, reply, slow
 from tests.servers import RedisServer
 
@@ -31,17 +32,16 @@ KEY = "sk-test-PLANTED-http-key"
 
 @pytest.fixture(scope="module")
 def app(redis_server, upstream):
-    env = {
-        "OPENAI_API_KEY": KEY,
-        "OPENAI_BASE_URL": upstream.base_url,
-        "REDIS_URL": redis_server.url.replace("/0", "/4"),
-        "DEFAULT_PROVIDER": "openai",
-        "PROVIDER_TIMEOUT_SECONDS": "5",
-        "MAX_MESSAGE_CHARS": str(MAX_CHARS),
-        "MAX_IMAGES_PER_MESSAGE": "2",
-        "MAX_IMAGE_MB": "1",
-        "RATE_LIMIT_PER_MINUTE": "10000",  # this module sends many requests from one address
-    }
+    env = app_env(
+        upstream,
+        redis_server.url.replace("/0", "/4"),
+        OPENAI_API_KEY=KEY,
+        PROVIDER_TIMEOUT_SECONDS="5",
+        MAX_MESSAGE_CHARS=str(MAX_CHARS),
+        MAX_IMAGES_PER_MESSAGE="2",
+        MAX_IMAGE_MB="1",
+        RATE_LIMIT_PER_MINUTE="10000",  # this module sends many requests from one address
+    )
     with AppServer(env) as server:
         yield server
 

@@ -19,6 +19,7 @@ from gradio_client import Client
 
 from tests.app_server import AppServer
 from tests.browser import browser_fixture, context_factory  # noqa: F401  (fixtures)
+from tests.conftest import app_env
 from tests.fake_upstream import Exchange
 from tests.servers import free_port
 from tests.test_http_api import LoginAppServer
@@ -39,14 +40,12 @@ def sse_content(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def login_app(redis_server, upstream):
-    env = {
-        "OPENAI_API_KEY": "sk-test-security",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": redis_server.url.replace("/0", "/5"),
-        "APP_AUTH": f"alice:{PASSWORD}",
-        "RATE_LIMIT_PER_MINUTE": "10000",
-    }
+    env = app_env(
+        upstream,
+        redis_server.url.replace("/0", "/5"),
+        APP_AUTH=f"alice:{PASSWORD}",
+        RATE_LIMIT_PER_MINUTE="10000",
+    )
     with LoginAppServer(env) as server:
         yield server
 
@@ -55,15 +54,13 @@ def login_app(redis_server, upstream):
 def open_app(redis_server, upstream):
     """No login. Per-IP limit 3 a minute (loopback is exempt from it: a test picks its own
     address with X-Forwarded-For, trusted from loopback by default); 2 MB request cap."""
-    env = {
-        "OPENAI_API_KEY": "sk-test-security",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": redis_server.url.replace("/0", "/6"),
-        "RATE_LIMIT_PER_MINUTE": "10000",
-        "RATE_LIMIT_PER_IP_PER_MINUTE": "3",
-        "MAX_REQUEST_MB": "2",
-    }
+    env = app_env(
+        upstream,
+        redis_server.url.replace("/0", "/6"),
+        RATE_LIMIT_PER_MINUTE="10000",
+        RATE_LIMIT_PER_IP_PER_MINUTE="3",
+        MAX_REQUEST_MB="2",
+    )
     with AppServer(env) as server:
         yield server
 

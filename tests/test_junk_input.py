@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.app_server import AppServer
+from tests.conftest import app_env
 
 GENERIC = "has raised an exception but has not enabled verbose error reporting"
 EXAMPLES = settings(
@@ -26,12 +27,12 @@ EXAMPLES = settings(
 
 @pytest.fixture(scope="module")
 def app(upstream):
-    env = {
-        "OPENAI_API_KEY": "sk-test-junk",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "RATE_LIMIT_PER_MINUTE": "0",  # hypothesis sends far more than a person would
-        "MAX_MESSAGE_CHARS": "2000",
-    }
+    env = app_env(
+        upstream,
+        DEFAULT_PROVIDER=None,  # the one enabled provider is the default anyway
+        RATE_LIMIT_PER_MINUTE="0",  # hypothesis sends far more than a person would
+        MAX_MESSAGE_CHARS="2000",
+    )
     with AppServer(env) as server:  # embedded store: junk needs no Redis of its own
         yield server
 

@@ -30,6 +30,7 @@ from limits import (
     max_body_bytes,
 )
 from tests.app_server import AppServer
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream
 from tests.servers import free_port
 
@@ -251,13 +252,7 @@ def limits_app(redis_server):
     conn = redis.Redis.from_url(url)
     conn.flushdb()  # our private server's database: ours to clear
     upstream = FakeUpstream().start()
-    env = {
-        **LIMITS_ENV,
-        "OPENAI_API_KEY": "sk-test-limits",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": url,
-    }
+    env = app_env(upstream, url, **LIMITS_ENV)
     try:
         with AppServer(env) as server:
             yield server, upstream, conn

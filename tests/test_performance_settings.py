@@ -23,7 +23,8 @@ from chat import ChatService
 from config import load_settings
 from providers import ContentDelta, Finished, Providers
 from tests.app_server import ROOT, AppServer
-from tests.fake_upstream import Exchange, FakeUpstream, reply
+from tests.conftest import app_env
+from tests.fake_upstream import Exchange, reply
 
 HANG_GUARD = 30  # s: only ever reached when the behaviour under test is broken
 
@@ -58,16 +59,8 @@ def held(release: threading.Event, ended: list[int]):
     return run
 
 
-def app_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test-perf",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        # Every test user comes from 127.0.0.1: keep the per-IP limit out of the way.
-        "RATE_LIMIT_PER_MINUTE": "0",
-        "RATE_LIMIT_PER_IP_PER_MINUTE": "0",
-        **extra,
-    }
+# Every test user comes from 127.0.0.1: keep the per-IP limit out of the way.
+NO_RATE_LIMITS = {"RATE_LIMIT_PER_MINUTE": "0", "RATE_LIMIT_PER_IP_PER_MINUTE": "0"}
 
 
 def chat_many(url: str, count: int) -> list[str]:
@@ -84,7 +77,7 @@ def chat_many(url: str, count: int) -> list[str]:
 @pytest.fixture(scope="module")
 def default_app(upstream):
     """The app as shipped: no CONCURRENCY_LIMIT, no MAX_THREADS."""
-    with AppServer(app_env(upstream)) as server:
+    with AppServer(app_env(upstream, **NO_RATE_LIMITS)) as server:
         yield server
 
 
@@ -131,7 +124,7 @@ def test_a_limit_of_one_serialises_the_chats(upstream, variable):
     upstream.reset()
     release, ended = threading.Event(), []
     upstream.script(held(release, ended), reply("second"))
-    server = AppServer(app_env(upstream, **{variable: "1"}))
+    server = AppServer(app_env(upstream, **NO_RATE_LIMITS, **{variable: "1"}))
     with server, ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(chat_many, server.url, 1)
         assert upstream.wait_for_requests(1, timeout=HANG_GUARD)
@@ -254,6 +247,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.e2e  # a fresh `import app` in a subprocess
 def test_streamed_ui_updates_carry_only_the_chat():
     """Per update, only the Chatbot may change: the conversation id goes out once, and the
     box, the list, the browser state and the usage are left alone (gr.skip(), which costs

@@ -28,6 +28,7 @@ from providers import (
     reasoning_by_name,
     vision_by_name,
 )
+from tests.conftest import app_env
 from tests.fake_upstream import (
     Exchange,
     FakeUpstream,
@@ -64,7 +65,7 @@ def upstream():
 
 
 def openai_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
-    return {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url, **extra}
+    return app_env(upstream, **{"OPENAI_API_KEY": KEY, "DEFAULT_PROVIDER": None, **extra})
 
 
 async def collect(

@@ -28,6 +28,7 @@ from tests.browser import (  # noqa: F401  (fixtures)
     context_factory,
     shot,
 )
+from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, reply
 from tests.test_markup import ATTACKS, DEEP, PHISH, PIECES, assert_html_harmless
 
@@ -92,14 +93,12 @@ def redis_db(redis_server) -> redis.Redis:
 @pytest.fixture(scope="module")
 def app(redis_db, upstream: FakeUpstream):
     kwargs = redis_db.connection_pool.connection_kwargs
-    env = {
-        "OPENAI_API_KEY": "sk-test-render-browser",
-        "OPENAI_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "REDIS_URL": f"redis://{kwargs['host']}:{kwargs['port']}/{DB}",
-        "RATE_LIMIT_PER_MINUTE": "1000",
-        "RATE_LIMIT_PER_IP_PER_MINUTE": "1000",
-    }
+    env = app_env(
+        upstream,
+        f"redis://{kwargs['host']}:{kwargs['port']}/{DB}",
+        RATE_LIMIT_PER_MINUTE="1000",
+        RATE_LIMIT_PER_IP_PER_MINUTE="1000",
+    )
     with AppServer(env) as server:
         yield server
 

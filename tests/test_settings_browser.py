@@ -7,6 +7,7 @@ import pytest
 
 from tests.app_server import AppServer
 from tests.browser import ChatPage, browser_fixture, context_factory  # noqa: F401  (fixtures)
+from tests.conftest import app_env
 
 USER_KEY = "sk-browser-user-key-77"
 KIMI = "Kimi (Moonshot) (your key)"
@@ -14,14 +15,12 @@ KIMI = "Kimi (Moonshot) (your key)"
 
 @pytest.fixture(scope="module")
 def app(upstream):
-    env = {
-        "OPENAI_API_KEY": "sk-test-settings",
-        "OPENAI_BASE_URL": upstream.base_url,
+    env = app_env(
+        upstream,
         # Kimi has no key on the server: only a visitor's own key enables it.
-        "MOONSHOT_BASE_URL": upstream.base_url,
-        "DEFAULT_PROVIDER": "openai",
-        "RATE_LIMIT_PER_MINUTE": "1000",
-    }
+        MOONSHOT_BASE_URL=upstream.base_url,
+        RATE_LIMIT_PER_MINUTE="1000",
+    )
     with AppServer(env) as server:
         yield server
 

@@ -65,6 +65,7 @@ def probe(argvs: list[list[str]], env: dict[str, str] | None = None) -> list[dic
     return json.loads(line.removeprefix("RESULTS "))
 
 
+@pytest.mark.e2e  # a fresh `import app` in a subprocess
 def test_share_and_auth_flags_reach_the_launch_options():
     plain, shared, shared_with_auth, bad = probe(
         [[], ["--share"], ["--share", "--auth", "ann:correct-horse"], ["--auth", "no-colon"]]
@@ -83,12 +84,14 @@ def test_share_and_auth_flags_reach_the_launch_options():
     assert bad == {"exit": "--auth / APP_AUTH must look like user:password"}
 
 
+@pytest.mark.e2e  # a fresh `import app` in a subprocess
 def test_app_auth_variable_counts_as_a_login_for_sharing():
     (shared,) = probe([["--share"]], env={"APP_AUTH": "bob:battery-staple"})
     assert shared["share"] is True and shared["auth"] == ["bob", "battery-staple"]
     assert not any(WARNING in line for line in shared["log"])
 
 
+@pytest.mark.e2e  # launches the app
 def test_share_flag_end_to_end_where_gradio_turns_it_off():
     """On a Space, Gradio itself refuses share=True without going online: so the real
     `python app.py --share` runs here, and both warnings reach the log."""
