@@ -36,7 +36,7 @@ from images import (
     receipt_text,
 )
 from limits import RateLimited, RateLimiter, ip_key
-from markup import safe_markdown
+from markup import MAX_MATH_TOTAL_CHARS, MathBudget, safe_markdown
 from providers import (
     ContentDelta,
     Finished,
@@ -1043,12 +1043,23 @@ class ChatService:
         if start:
             shown.append(earlier_note(start))
             positions.append(-1)
-        for position, message in enumerate(messages[start:], start):
+        # Formulas cost the reader's tab: the newest messages keep theirs, older ones past
+        # the view's budget show them as code (markup.MathBudget).
+        math = MathBudget()
+        budgets = [
+            math.spend(message.get("content", ""), message.get("reasoning", ""))
+            for message in reversed(messages[start:])
+        ][::-1]
+        for (position, message), budget in zip(
+            enumerate(messages[start:], start), budgets, strict=True
+        ):
             if message["role"] == "user":
                 paths = [
                     p for ref in message.get("images") or [] if (p := await self.image_path(ref))
                 ]
-                parts = display_user(message.get("content", ""), paths, message.get("receipts", ()))
+                parts = display_user(
+                    message.get("content", ""), paths, message.get("receipts", ()), budget
+                )
             else:
                 parts = display_answer(
                     message.get("content", ""),
@@ -1056,6 +1067,7 @@ class ChatService:
                     status=message.get("status", "complete"),
                     error=message.get("error"),
                     usage=message.get("usage"),
+                    math_budget=budget,
                 )
             shown += parts
             positions += [position] * len(parts)
@@ -1226,14 +1238,16 @@ def display_answer(
     error: str | None = None,
     streaming: bool = False,
     usage: dict | None = None,
+    math_budget: int = MAX_MATH_TOTAL_CHARS,
 ) -> list[dict]:
-    """One assistant answer: a collapsible thought (reasoning), the answer, its usage."""
+    """One assistant answer: a collapsible thought (reasoning), the answer, its usage.
+    `math_budget`: formula characters it may have rendered (markup.MathBudget)."""
     shown: list[dict] = []
     if reasoning:
         shown.append(
             {
                 "role": "assistant",
-                "content": [text_part(safe_markdown(reasoning))],
+                "content": [text_part(safe_markdown(reasoning, math_budget))],
                 "metadata": {"title": "💭 Thinking", "status": "pending" if streaming else "done"},
             }
         )
@@ -1242,7 +1256,7 @@ def display_answer(
         note = f"**{STATUS_NOTES[status]}:** {error}"
         body = f"{body.rstrip()}\n\n---\n{note}" if answer.strip() else note
     # Model output and error text are untrusted: rendered harmlessly as a whole (markup.py).
-    body = safe_markdown(body)
+    body = safe_markdown(body, math_budget)
     if body or not shown:
         shown.append({"role": "assistant", "content": [text_part(body or "…")]})
     if usage and not streaming:
@@ -1311,10 +1325,15 @@ def conversation_usage(messages: Sequence[dict]) -> str:
     return line
 
 
-def display_user(text: str, image_paths: Sequence[str], receipts: Sequence[str] = ()) -> list[dict]:
+def display_user(
+    text: str,
+    image_paths: Sequence[str],
+    receipts: Sequence[str] = (),
+    math_budget: int = MAX_MATH_TOTAL_CHARS,
+) -> list[dict]:
     content = [{"path": path} for path in image_paths]
     if text:  # the user's own text (or an imported one) is as untrusted as a model's
-        content.insert(0, text_part(safe_markdown(text)))
+        content.insert(0, text_part(safe_markdown(text, math_budget)))
     shown = [{"role": "user", "content": content or [text_part("")]}]
     if receipts:
         lines = "\n".join(f"- {line}" for line in receipts)  # image names come from the client

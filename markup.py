@@ -56,6 +56,10 @@ LATEX_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 MAX_MATH_DEPTH = 24  # groups + \left + \begin + chained commands (Chromium died at ~150)
 MAX_MATH_CHARS = 4000  # one formula
 MAX_MATH_TOTAL_CHARS = 40_000  # all formulas of one message
+# All formulas of the messages on screen together: KaTeX takes ~15 ms per 1,000 characters of
+# deeply nested math, so a conversation of messages that are each within the bounds would
+# freeze the tab for a minute on every load. Past this, older messages show formulas as code.
+MAX_MATH_VIEW_CHARS = 40_000
 # Raw HTML kept outside code: inline-only tags (none can start an HTML block), no attributes.
 ALLOWED_TAGS = ("b", "i", "em", "strong", "u", "s", "del", "ins", "sub", "sup", "br", "kbd",
                 "mark", "small")  # fmt: skip
@@ -105,20 +109,46 @@ def _upload_url() -> re.Pattern:
     )
 
 
-def safe_markdown(text: str) -> str:
+def safe_markdown(text: str, math_budget: int = MAX_MATH_TOTAL_CHARS) -> str:
     """`text` (any untrusted Markdown) as Markdown the Chatbot renders harmlessly: no live tag
     but a few inline ones, no image but data: URLs and the app's uploads, no formula too deep
-    or too large for KaTeX, no mermaid. Normal Markdown, code and LaTeX come back unchanged."""
+    or too large for KaTeX, no mermaid. Normal Markdown, code and LaTeX come back unchanged.
+
+    `math_budget`: the formula characters this message may have rendered (the rest, from the
+    first formula past it on, are shown as code); see MathBudget for a whole view."""
     if not text or not any(hint in text for hint in _HINTS):
         return text
     if "\r" in text or "\0" in text:  # as markdown-it and marked read it
         text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
-    cached = _cache_get(text)
+    budget = max(0, min(math_budget, MAX_MATH_TOTAL_CHARS))
+    key = text if budget == MAX_MATH_TOTAL_CHARS else f"{budget}\0{text}"
+    cached = _cache_get(key)
     if cached is not None:
         return cached
-    shown = _render(text)
-    _cache_put(text, shown)
+    shown = _render(text, budget)
+    _cache_put(key, shown)
     return shown
+
+
+def math_chars(text: str) -> int:
+    """How many characters of `text` the frontend hands to KaTeX (its formulas)."""
+    if not text or not any(left in text for left, _ in LATEX_DELIMITERS):
+        return 0
+    return sum(end - start for start, end in cut_math(text)[0])
+
+
+class MathBudget:
+    """The formula characters left for the messages of one view, spent newest first: the
+    messages a reader sees last keep their math, older ones past the budget show it as code."""
+
+    def __init__(self, total: int = MAX_MATH_VIEW_CHARS) -> None:
+        self.left = total
+
+    def spend(self, *texts: str) -> int:
+        """The budget for a message made of `texts`, taken from what is left."""
+        allowed = min(self.left, MAX_MATH_TOTAL_CHARS)
+        self.left = max(0, self.left - min(allowed, sum(math_chars(t) for t in texts)))
+        return allowed
 
 
 def unshown(edited: str, original: str) -> str:
@@ -454,13 +484,13 @@ class _Layout:
         return number, "code" if any(inside) else "text"
 
 
-def _render(text: str) -> str:
+def _render(text: str, math_budget: int = MAX_MATH_TOTAL_CHARS) -> str:
     segments, filled = cut_math(text)
     bad: list[tuple[int, int]] = []
     total = 0
     for start, end in segments:
         total += end - start
-        if total > MAX_MATH_TOTAL_CHARS or math_too_big(text[start:end]):
+        if total > math_budget or math_too_big(text[start:end]):
             bad.append((start, end))
     risky = [
         match

@@ -325,3 +325,31 @@ async def test_siliconflow_auto_detail_sends_a_legible_image(
     assert part["image_url"]["detail"] == "high"
     sent = Image.open(io.BytesIO(base64.b64decode(part["image_url"]["url"].split(",", 1)[1])))
     assert max(sent.size) > 448
+
+
+@pytest.mark.anyio
+async def test_a_conversation_of_heavy_formulas_keeps_math_only_within_the_view_budget(
+    make_service,
+):
+    """Each message within its own bounds, but together they would freeze the reader's tab
+    (KaTeX ~15 ms per 1,000 deep characters): the newest keep their math, older ones get
+    code."""
+    from markup import MAX_MATH_VIEW_CHARS, math_chars
+
+    service = make_service(None)
+    formula = "$" + "\\sqrt{" * 20 + "x" + "}" * 20 + "$"
+    heavy = " ".join([formula] * 130)  # ~18,500 math characters: under every per-message bound
+    messages = [
+        {"role": role, "content": heavy}
+        for _ in range(10)
+        for role in ("user", "assistant")
+    ]
+    cid = await service.import_conversation(
+        {"version": 1, "meta": {"title": "heavy"}, "messages": messages}, "b" * 32, None
+    )
+    shown = await service.display(cid)
+    texts = [part["text"] for message in shown for part in message["content"] if "text" in part]
+    rendered = sum(math_chars(text) for text in texts)
+    assert 0 < rendered <= MAX_MATH_VIEW_CHARS
+    assert math_chars(texts[-1]) > 0, "the newest message keeps its formulas"
+    assert math_chars(texts[0]) == 0 and "＼sqrt" in texts[0], "older ones show it as code"
