@@ -202,9 +202,8 @@ def save_keys(keys: dict | None, remember: bool, provider_id: str, *typed: str):
         gr.Textbox(value="", placeholder="saved ✓" if p.id in kept else "sk-…")
         for p in byok_providers()
     ]
-    remembered = kept if remember else {}
     dropdown = gr.Dropdown(choices=provider_choices(kept), value=provider_id)
-    return kept, remembered, dropdown, *cleared
+    return kept, remember_or_forget(kept, remember), dropdown, *cleared
 
 
 def remember_or_forget(keys: dict | None, remember: bool) -> dict:
@@ -591,9 +590,8 @@ async def import_file(file: str | None, state: dict, http: gr.Request):
     """A JSON export becomes a new conversation of this browser, and is opened."""
     browser_id = browser_id_of(state)
     try:
-        await service.check_budget("imports", browser_id, client_ip(http))  # before reading
         text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")  # off the loop
-        cid = await import_conversation_text(text, browser_id, client_ip(http), counted=True)
+        cid = await service.import_conversation(text, browser_id, client_ip(http))
     except (ChatError, HistoryUnavailable) as exc:  # a budget, the storage quota, Redis
         gr.Warning(str(exc))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -604,25 +602,6 @@ async def import_file(file: str | None, state: dict, http: gr.Request):
     listing = await conversation_list(browser_id, cid)
     state = {"browser_id": browser_id, "conversation_id": cid}
     return await service.display(cid), cid, state, listing
-
-
-async def import_conversation_text(
-    text: str, browser_id: str | None, ip: str | None, *, counted: bool = False
-) -> str:
-    """Counted (imports budget) before the JSON is parsed; ChatError when over a budget or
-    the storage quota, ValueError when the data is not an export (see
-    ChatService.import_conversation: images re-encoded, non-images dropped with a note)."""
-    if not counted:
-        await service.check_budget("imports", browser_id, ip)
-    try:
-        data = await asyncio.to_thread(json.loads, text)  # megabytes with images: off the loop
-    except json.JSONDecodeError:
-        raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
-    except RecursionError:
-        raise ValueError("that JSON is nested too deeply to be a conversation export.") from None
-    if not isinstance(data, dict):
-        raise ValueError("that JSON is not a conversation export.")
-    return await service.import_conversation(data, browser_id, ip, counted=True)
 
 
 # -- the public API (mirrors the seed service's REST endpoints) ------------------------------
@@ -706,7 +685,7 @@ async def api_export_conversation(conversation_id: str, format: str = "json") ->
 async def api_import_conversation(data: str, http: gr.Request | None = None) -> str:
     """Import a JSON export as a new conversation; returns its id."""
     try:  # no browser: limited and charged by the caller's address
-        return await import_conversation_text(as_text(data), None, client_ip(http))
+        return await service.import_conversation(as_text(data), None, client_ip(http))
     except ChatError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
     except ValueError as exc:

@@ -957,19 +957,20 @@ class ChatService:
 
     # -- conversations ------------------------------------------------------------------
     async def import_conversation(
-        self, data: object, browser_id: str | None, client_ip: str | None, *, counted=False
+        self, data: str | object, browser_id: str | None, client_ip: str | None
     ) -> str:
-        """A JSON export (already parsed) as a new conversation of `browser_id` (None: an API
-        caller, counted by its address); returns its id.
+        """A JSON export (its text, or already parsed) as a new conversation of `browser_id`
+        (None: an API caller, counted by its address); returns its id.
 
-        Counted in the imports budget first (junk too) unless `counted`; ValueError says
-        what is wrong with the data; ChatError for a budget or the storage quota. Messages
-        are bounded like typed ones (importing.py); each image goes through the image
-        pipeline as an upload does, and one that is not an image is left out with a note in
-        its message.
+        Counted in the imports budget first (junk too), before any text is parsed;
+        ValueError says what is wrong with the data; ChatError for a budget or the storage
+        quota. Messages are bounded like typed ones (importing.py); each image goes through
+        the image pipeline as an upload does, and one that is not an image is left out with
+        a note in its message.
         """
-        if not counted:  # (the app counts before it parses the JSON)
-            await self.check_budget("imports", browser_id, client_ip)
+        await self.check_budget("imports", browser_id, client_ip)
+        if isinstance(data, str):  # megabytes with images: parsed off the event loop
+            data = await asyncio.to_thread(importing.parse_json, data)
         meta, messages, blobs = parse_export(data)
         messages = messages[-self.settings.history_max_messages :]
         messages = importing.bound_messages(

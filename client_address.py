@@ -230,6 +230,11 @@ def from_other_site(request: Any) -> bool | None:
     return origin not in {_netloc(h) for h in forwarded_hosts(request)}
 
 
+def login_configured(app: Any) -> bool:
+    """True when Gradio's App has a login (--auth / APP_AUTH, or an auth_dependency)."""
+    return any(getattr(app, name, None) is not None for name in ("auth", "auth_dependency"))
+
+
 class CrossSiteGuard:
     """ASGI middleware: with a login (--auth / APP_AUTH), a POST (PUT, PATCH, DELETE) that a
     page on another site sent is refused with a 403 before the app reads it. Gradio's CORS
@@ -247,9 +252,7 @@ class CrossSiteGuard:
         if scope["type"] != "http" or scope.get("method") not in self.UNSAFE:
             await self.app(scope, receive, send)
             return
-        app = scope.get("app")
-        login = any(getattr(app, n, None) is not None for n in ("auth", "auth_dependency"))
-        if login and from_other_site(Request(scope)):
+        if login_configured(scope.get("app")) and from_other_site(Request(scope)):
             message = "This request came from another site: use the app from its own page."
             await _send_json(send, 403, _error_body(message, "cross_origin"), [])
             return

@@ -173,7 +173,7 @@ class Settings:
     # 0 turns a limit off. The per-IP default is 3x, since people can share an address.
     rate_limit_per_minute: int = 20
     rate_limit_per_ip_per_minute: int = 60
-    # Every other budget a stranger can spend (limits.py, uploads.py; docs/threat-model.md):
+    # Every other budget a stranger can spend (limits.py, uploads.py; docs/security.md):
     # per client (browser, or an API caller's address), per IP (3x, not for loopback) and a
     # global ceiling for everyone together (loopback too: a share link arrives from there).
     rate_limit_global_per_minute: int = 600  # turns of everyone: default 30x the per-browser

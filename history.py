@@ -741,8 +741,6 @@ class HistoryStore:
         ValueError (with what is wrong) for anything else. Keeps the last max_messages.
         (The app imports through ChatService.import_conversation, which also re-encodes the
         images, bounds the messages and checks the quotas: this stores what it is given.)"""
-        if browser_id is not None:
-            _check_id(browser_id, "browser id")
         meta, messages, blobs = parse_export(data)
         cid, _ = await self.import_parsed(meta, messages, blobs, browser_id)
         return cid

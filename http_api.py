@@ -174,11 +174,6 @@ def to_input(messages: list[Message]) -> list[InputMessage]:
 
 
 # -- auth: the same login as the Gradio UI --------------------------------------------------
-def login_required(request: Request) -> bool:
-    app = request.app
-    return any(getattr(app, name, None) is not None for name in ("auth", "auth_dependency"))
-
-
 async def login_method(request: Request) -> str | None:
     """How the request is logged in: "open" (the app has no login), "cookie" (Gradio's login
     cookie, or its auth_dependency: what a browser sends by itself), "basic" (HTTP Basic
@@ -211,11 +206,6 @@ async def login_method(request: Request) -> str | None:
         expected = auth.get(user) if isinstance(auth, dict) else None
         ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
     return "basic" if ok else None
-
-
-async def authorized(request: Request) -> bool:
-    """True when the app has no login or the request is logged in (see login_method)."""
-    return await login_method(request) is not None
 
 
 def cross_site(request: Request, method: str) -> bool:
@@ -463,7 +453,7 @@ async def check_login(request: Request) -> str:
     """The login method (see login_method), or ApiError 401; wrong HTTP Basic passwords
     count as failed logins per address, like Gradio's /login form (client_address)."""
     credentials = basic_credentials(request.headers.get("authorization", ""))
-    guessing = login_required(request) and credentials is not None
+    guessing = client_address.login_configured(request.app) and credentials is not None
     address = client_ip(request)
     if guessing:
         wait = client_address.failed_logins.retry_after(address)
@@ -512,7 +502,6 @@ def routes(service: ChatService) -> list[BaseRoute]:
     budget = BodyBudget(4 * body_limit)
 
     async def chat(request: Request) -> StreamingResponse | JSONResponse:
-        raw = b""
         try:
             # Cheap header checks first (login, origin, content type, declared size), then
             # the body, read with a cap, then parsed: nothing big is read for a refusal.

@@ -7,6 +7,7 @@ Nothing here imports gradio, Redis or Pillow.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,19 @@ MAX_TITLE_CHARS = 200
 # Answers are not limited by MAX_MESSAGE_CHARS (the model writes them): an exported answer
 # may be longer than a user message, so other roles get this many times the limit.
 OTHER_ROLES_FACTOR = 5
+
+
+def parse_json(text: str) -> dict:
+    """An export file's text as its top-level object; ValueError says what is wrong."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
+    except RecursionError:
+        raise ValueError("that JSON is nested too deeply to be a conversation export.") from None
+    if not isinstance(data, dict):
+        raise ValueError("that JSON is not a conversation export.")
+    return data
 
 
 def bound_meta(meta: Mapping[str, str]) -> dict[str, str]:

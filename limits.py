@@ -267,6 +267,19 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+class WatchedSend:
+    """An ASGI `send` that remembers whether the response has started: a middleware can
+    answer an error itself only while nothing was sent yet."""
+
+    def __init__(self, send: Callable) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: dict) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 # -- JSON bodies: nesting and invalid Unicode, checked on the raw bytes before parsing ----------
 # No request this app takes nests deeper than ~10; json.loads gives up (RecursionError) near
 # 1000, and code walking a parsed value may give up sooner.
@@ -364,7 +377,7 @@ class BodySizeLimit:
             await self._checked_json(scope, receive, send)
             return
         seen = 0
-        started = False
+        watched = WatchedSend(send)
 
         async def counted_receive() -> dict:
             nonlocal seen
@@ -375,16 +388,11 @@ class BodySizeLimit:
                     raise _BodyTooLarge
             return message
 
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            await self.app(scope, counted_receive, watched)
         except Exception:
             # A chunked body that grew too large (the app may wrap our exception in its own).
-            if seen > self.max_bytes and not started:
+            if seen > self.max_bytes and not watched.started:
                 await self._refuse(send)
                 return
             raise
@@ -492,18 +500,12 @@ class UnknownEndpoint:
         if scope["type"] != "http" or not scope.get("path", "").startswith(self.PATHS):
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = WatchedSend(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, watched)
         except Exception as exc:  # only the two "no such function" errors are ours to answer
             unknown = type(exc).__name__ in ("FnIndexInferError", "KeyError")
-            if started or not unknown:
+            if watched.started or not unknown:
                 raise
             log.info("unknown API endpoint requested: %s", scope.get("path", "")[:100])
             body = b'{"error": "No such API endpoint. The list is at /gradio_api/info."}'

@@ -32,7 +32,7 @@ from typing import Any
 from starlette.requests import Request
 
 from chat import ChatRateLimited
-from limits import client_ip
+from limits import WatchedSend, client_ip, send_json
 
 log = logging.getLogger("uploads")
 
@@ -171,7 +171,7 @@ class UploadLimits:
         declared_raw = dict(scope.get("headers") or []).get(b"content-length")
         declared = int(declared_raw) if declared_raw and declared_raw.isdigit() else None
         seen = 0
-        started = False
+        watched = WatchedSend(send)
         try:
             await self._admit(ip, declared)
             charged = declared or 0
@@ -191,17 +191,12 @@ class UploadLimits:
                         raise self._full()
                 return message
 
-            async def tracked_send(message: dict) -> None:
-                nonlocal started
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
             try:
-                await self.app(scope, counted_receive, tracked_send)
+                await self.app(scope, counted_receive, watched)
             except Exception as exc:
                 # Ours, raised inside the app's read of the body (it may wrap it in its own).
                 refused = exc if isinstance(exc, _Refused) else _cause(exc)
-                if refused is None or started:
+                if refused is None or watched.started:
                     raise
                 raise refused from None
         except _Refused as refused:
@@ -247,11 +242,8 @@ class UploadLimits:
 
     async def _refuse(self, send: Callable, refused: _Refused) -> None:
         body = json.dumps({"error": refused.message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if refused.retry_after:
-            headers.append((b"retry-after", str(refused.retry_after).encode()))
-        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        wait = [(b"retry-after", str(refused.retry_after).encode())] if refused.retry_after else []
+        await send_json(send, refused.status, body, wait)
 
 
 def _cause(exc: BaseException) -> _Refused | None:
