@@ -10,7 +10,9 @@
 
 Each failure gets one short fix ("ARK_BASE_URL must end in /api/v3", "The key in X was
 rejected", ...). Keys never appear in the output: providers.py redacts its error messages
-and every string here is scrubbed again before it leaves this module.
+and every string here is scrubbed again before it leaves this module. The results and their
+table are in check_report.py; the misconfigurations seen without calling anyone (also logged
+at startup) in startup_checks.py, whose lines the CLI prints under the table.
 """
 
 from __future__ import annotations
@@ -22,19 +24,18 @@ import io
 import logging
 import sys
 import time
-import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TextIO
-from urllib.parse import urlsplit
 
 import openai
 from PIL import Image
 
 from chat import image_part
+from check_report import FAIL, PASS, SKIP, WARN, CheckResult, Step, format_report
+from config import Settings, load_settings
 from providers import (
     DEMO_ID,
-    PRESETS,
     ContentDelta,
     Finished,
     Provider,
@@ -44,6 +45,7 @@ from providers import (
     demo_reply,
     display_url,
 )
+from startup_checks import PLACEHOLDER_KEYS, misconfigurations, path_fix
 
 log = logging.getLogger("check")
 
@@ -53,75 +55,11 @@ PROMPT = "Reply with the single word: OK"
 IMAGE_PROMPT = "What colour is this image? Answer in one word."
 MAX_MODELS_SHOWN = 6
 
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
-SYMBOLS = {PASS: "✓", FAIL: "✗", WARN: "⚠", SKIP: "–"}
-STEPS = ("reachable", "key", "listed", "reply", "image")
-HEADERS = ("provider", "model", "reachable", "key", "model listed", "reply (ttft)", "image", "fix")
-
-# Where each API lives under its host: a base URL without this suffix is the usual 404.
-EXPECTED_PATHS = {
-    "doubao": "/api/v3",
-    "qwen": "/compatible-mode/v1",
-    "zhipu": "/api/paas/v4",
-    "ollama": "/v1",
-}
-EXAMPLE_URLS = {
-    **{preset.id: preset.base_url for preset in PRESETS if preset.base_url},
-    "ollama": "http://localhost:11434/v1",
-}
-# Keys sent when none is configured: not secrets, and "EMPTY" must stay readable.
-_PLACEHOLDER_KEYS = {preset.placeholder_key for preset in PRESETS if preset.placeholder_key}
 _STEP_DOING = {
     "reachable": "to list its models",
     "reply": "to answer",
     "image": "to answer about an image",
 }
-
-
-@dataclass
-class Step:
-    status: str = SKIP
-    note: str = ""  # a few words after the symbol: "0.3 s", "no /models", "401"
-
-    def cell(self) -> str:
-        return f"{SYMBOLS[self.status]} {self.note}".strip()
-
-
-@dataclass
-class CheckResult:
-    """One provider's check; `passed` is what the exit code and the UI go by."""
-
-    provider_id: str
-    name: str
-    model: str
-    base_url: str = ""  # display form: no userinfo or query
-    enabled: bool = True
-    steps: dict[str, Step] = field(default_factory=lambda: {name: Step() for name in STEPS})
-    fixes: list[str] = field(default_factory=list)
-    offered: list[str] = field(default_factory=list)  # from /models, when it answered
-    ttft_s: float | None = None
-    reply_text: str = ""
-    running: str = ""  # the step under way, for the timeout message
-
-    @property
-    def passed(self) -> bool:
-        return self.enabled and all(step.status != FAIL for step in self.steps.values())
-
-    @property
-    def fix(self) -> str:
-        return " ".join(self.fixes)
-
-    def as_dict(self) -> dict:
-        return {
-            "provider": self.provider_id,
-            "name": self.name,
-            "model": self.model,
-            "base_url": self.base_url,
-            "passed": self.passed,
-            "steps": {name: step.status for name, step in self.steps.items()},
-            "ttft_s": self.ttft_s,
-            "fix": self.fix,
-        }
 
 
 @dataclass
@@ -403,9 +341,9 @@ def _reply_failed(
     ):
         result.steps["key"] = Step(PASS)  # the server got past authentication
     result.steps["reply"] = Step(FAIL, str(err.status or err.code))
-    path_fix = _path_fix(provider)
-    if path_fix and err.code in ("model_not_found", "bad_request", "malformed", "server"):
-        result.fixes.append(path_fix)
+    path_fix_text = path_fix(provider)
+    if path_fix_text and err.code in ("model_not_found", "bad_request", "malformed", "server"):
+        result.fixes.append(path_fix_text)
     elif err.code == "model_not_found" and listing.status == 404:
         result.fixes.append(
             f"{provider.name} answered 404 (not found) for both /models and /chat/completions "
@@ -437,19 +375,6 @@ def _key_fix(provider: Provider, api_key: str | None) -> str:
     return (
         f"{provider.name} at {display_url(provider.base_url)} refused the request as "
         "unauthorised: check the server's own access settings."
-    )
-
-
-def _path_fix(provider: Provider) -> str | None:
-    """The fix for a base URL missing the provider's API path, or None when it looks right."""
-    expected = EXPECTED_PATHS.get(provider.id)
-    path = urlsplit(provider.base_url or "").path.rstrip("/")
-    if expected is None or path.endswith(expected):
-        return None
-    return (
-        f"{provider.env_prefix}_BASE_URL must end in {expected} "
-        f"(e.g. {EXAMPLE_URLS[provider.id]}); {display_url(provider.base_url)} is not "
-        f"{provider.name}'s API path."
     )
 
 
@@ -500,7 +425,7 @@ def _timed_out(result: CheckResult, provider: Provider, timeout_s: float) -> Non
 
 
 def _secrets(providers: Providers, extra: Iterable[str]) -> list[str]:
-    found = [p.api_key for p in providers.all() if p.api_key and p.api_key not in _PLACEHOLDER_KEYS]
+    found = [p.api_key for p in providers.all() if p.api_key and p.api_key not in PLACEHOLDER_KEYS]
     # Longest first, so a key that contains another is replaced whole.
     return sorted({s for s in [*found, *extra] if len(s) >= 4}, key=len, reverse=True)
 
@@ -525,58 +450,6 @@ def _scrub(
 
 
 # --------------------------------------------------------------------------------------
-# Output
-
-
-def format_table(results: Sequence[CheckResult]) -> str:
-    """A Markdown table (columns padded so it also reads well in a terminal)."""
-    rows = [list(HEADERS), *(_row(result) for result in results)]
-    widths = [max(_width(row[i]) for row in rows) for i in range(len(HEADERS) - 1)]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [_pad(cell, widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
-        lines.append(("| " + " | ".join(cells)).rstrip() + " |")
-        if index == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|-----|")
-    return "\n".join(lines)
-
-
-def format_summary(results: Sequence[CheckResult]) -> str:
-    if not results:
-        return "No provider to check."
-    passed = sum(result.passed for result in results)
-    text = f"{passed} of {len(results)} providers passed."
-    if passed < len(results):
-        text += " Apply the fixes above, then run the check again."
-    return text
-
-
-def format_report(results: Sequence[CheckResult]) -> str:
-    return f"{format_table(results)}\n\n{format_summary(results)}"
-
-
-def _row(result: CheckResult) -> list[str]:
-    if result.enabled:
-        cells = [result.steps[name].cell() for name in STEPS]
-    else:
-        cells = [SYMBOLS[SKIP]] * len(STEPS)
-    values = [f"`{result.provider_id}`", result.model or SYMBOLS[SKIP], *cells, result.fix]
-    return [_escape(value) for value in values]
-
-
-def _escape(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-# --------------------------------------------------------------------------------------
 # Synchronous entry points (the CLI)
 
 
@@ -597,8 +470,15 @@ def run_check(
     return asyncio.run(run())
 
 
-def cli(providers: Providers, out: TextIO | None = None) -> int:
-    """`python app.py --check`: print the table; 0 when every enabled provider passed."""
+def cli(
+    providers: Providers,
+    out: TextIO | None = None,
+    *,
+    settings: Settings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """`python app.py --check`: print the table, then the startup warnings the table does not
+    already say; 0 when every enabled provider passed."""
     out = out or sys.stdout
     # The table is the output: no INFO line per HTTP request (httpx) or per retry.
     logging.getLogger().setLevel(logging.WARNING)
@@ -606,6 +486,9 @@ def cli(providers: Providers, out: TextIO | None = None) -> int:
     print(f"Checking {names} (up to {DEFAULT_TIMEOUT_S:g} s each)...", file=sys.stderr)
     results = run_check(providers)
     print(format_report(results), file=out)
-    for warning in providers.warnings:
-        print(f"Warning: {warning}", file=out)
+    said = {fix for result in results for fix in result.fixes}
+    warnings = misconfigurations(settings or load_settings(environ), providers, environ)
+    for warning in warnings:
+        if warning not in said:
+            print(f"Warning: {warning}", file=out)
     return 0 if all(result.passed for result in results) else 1

@@ -35,6 +35,10 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+# A module import (not `from`): http_guards imports this module too, for client_ip, and a
+# module import works whichever of the two is imported first.
+import http_guards
+
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -241,7 +245,7 @@ class CrossSiteGuard:
     lets any origin send credentialed requests to a public host, so without this a page
     elsewhere could run the queue with a visitor's login cookie. Requests without Origin or
     Referer (gradio_client, curl) pass: a browser always sends Origin with a cross-site POST.
-    /api/chat does its own, stricter check (http_api.py)."""
+    /api/chat does its own, stricter check (http_routes.py)."""
 
     UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -254,7 +258,7 @@ class CrossSiteGuard:
             return
         if login_configured(scope.get("app")) and from_other_site(Request(scope)):
             message = "This request came from another site: use the app from its own page."
-            await _send_json(send, 403, _error_body(message, "cross_origin"), [])
+            await http_guards.send_json(send, 403, _error_body(message, "cross_origin"))
             return
         await self.app(scope, receive, send)
 
@@ -328,14 +332,8 @@ failed_logins = FailedLogins()  # replaced by configure()
 
 
 def _error_body(message: str, code: str) -> bytes:
-    """"detail" as FastAPI's own errors (what Gradio's pages read), "error" as ours."""
+    """ "detail" as FastAPI's own errors (what Gradio's pages read), "error" as ours."""
     return json.dumps({"detail": message, "error": {"message": message, "code": code}}).encode()
-
-
-async def _send_json(send: Callable, status: int, body: bytes, headers: list) -> None:
-    base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": base + headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class LoginThrottle:
@@ -365,7 +363,7 @@ class LoginThrottle:
         wait = guard.retry_after(address)
         if wait:
             body = _error_body(too_many_logins_message(wait), "rate_limited")
-            await _send_json(send, 429, body, [(b"retry-after", str(wait).encode())])
+            await http_guards.send_json(send, 429, body, [(b"retry-after", str(wait).encode())])
             return
 
         async def watched_send(message: dict) -> None:

@@ -1,23 +1,29 @@
 """Settings from the environment (then `.env`), and the roles (personas).
 
 Nothing here imports gradio: every other module reads its settings from here.
+
+Plain parsing, not pydantic-settings: `load_settings(environ)` takes any mapping (tests pass
+a dict), several defaults derive from other variables (per-IP = 3x per-browser, proxy hops on
+a Space), and each bad value stops the app with a one-line message naming the variable; a
+BaseSettings class needed aliases, a custom source and an error translator to keep all that,
+and came out no smaller. Values the app accepts but would misuse are warned about in
+startup_checks.py.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
-# The real environment wins over .env (override=False), so a Space's variables or a
-# test's subprocess environment are never shadowed by a stray .env file.
-load_dotenv(override=False)
+# Prices are model facts (model_facts.py); "as" re-exports them here, next to the settings.
+from model_facts import PRICES_FILE as PRICES_FILE
+from model_facts import Price as Price
+from model_facts import load_prices as load_prices
+from model_facts import price_of as price_of
 
 VERSION = "1.0.0"  # reported by GET /health
 
@@ -75,39 +81,6 @@ ROLES: dict[str, Role] = {
 }
 DEFAULT_ROLE = "assistant"
 CUSTOM_ROLE = "custom"
-
-
-@dataclass(frozen=True)
-class Price:
-    """A model's price per 1 million tokens."""
-
-    input: float
-    output: float
-    currency: str
-
-
-PRICES_FILE = Path(__file__).with_name("prices.json")
-
-
-@functools.cache
-def load_prices(path: str | None = None) -> tuple[str, dict[str, Price]]:
-    """(as_of date, prices by model) from prices.json, or from PRICES_FILE when set."""
-    source = Path(path or os.environ.get("PRICES_FILE") or PRICES_FILE)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-        models = {
-            name: Price(float(p["input"]), float(p["output"]), str(p.get("currency", "USD")))
-            for name, p in data["models"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"Cannot read the price table {source}: {exc}") from None
-    return str(data.get("as_of", "")), models
-
-
-def price_of(model: str) -> Price | None:
-    """The price of a model, by its name or (OpenRouter's vendor/model) the part after '/'."""
-    _, prices = load_prices()
-    return prices.get(model) or prices.get(model.rsplit("/", 1)[-1])
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -173,7 +146,7 @@ class Settings:
     # 0 turns a limit off. The per-IP default is 3x, since people can share an address.
     rate_limit_per_minute: int = 20
     rate_limit_per_ip_per_minute: int = 60
-    # Every other budget a stranger can spend (limits.py, uploads.py; docs/security.md):
+    # Every other budget a stranger can spend (limits.py, upload_limits.py; docs/security.md):
     # per client (browser, or an API caller's address), per IP (3x, not for loopback) and a
     # global ceiling for everyone together (loopback too: a share link arrives from there).
     rate_limit_global_per_minute: int = 600  # turns of everyone: default 30x the per-browser
@@ -215,6 +188,11 @@ class Settings:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of `environ`, or of the process environment and then the working
+    directory's `.env` (read here, not at import). The real environment wins over .env
+    (override=False): a Space's variables or a test's environment are never shadowed."""
+    if environ is None:
+        load_dotenv(find_dotenv(usecwd=True), override=False)
     env = os.environ if environ is None else environ
     return Settings(
         redis_url=(env.get("REDIS_URL") or "").strip() or None,

@@ -25,7 +25,7 @@ from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from limits import RateLimited, RateLimiter
+from rate_limits import RateLimited, RateLimiter, storage_for
 from tests.app_server import AppServer
 from tests.fake_upstream import FakeUpstream, slow
 from tests.servers import RedisServer
@@ -91,14 +91,15 @@ def hangup_latency(app: AppServer, upstream: FakeUpstream, rounds: int) -> list[
 
 async def limiter_cost(url: str, rounds: int) -> tuple[list[float], list[float]]:
     conn = aredis.from_url(url)
-    limiter = RateLimiter(conn, per_client=rounds * 10, per_ip=rounds * 10, prefix="bench:")
+    storage = storage_for(conn, "bench")
+    limiter = RateLimiter(storage, per_client=rounds * 10, per_ip=rounds * 10, name="allowed")
     allowed = []
     for _ in range(rounds * 10):
         started = time.perf_counter()
         await limiter.hit("b" * 32, "10.0.0.1")
         allowed.append(time.perf_counter() - started)
     refused = []
-    tight = RateLimiter(conn, per_client=1, per_ip=0, prefix="bench2:")
+    tight = RateLimiter(storage, per_client=1, per_ip=0, name="refused")
     await tight.hit("c" * 32, None)
     for _ in range(rounds * 10):
         started = time.perf_counter()

@@ -17,7 +17,6 @@ import secrets
 import time
 from pathlib import Path
 
-import fakeredis
 import httpx
 import pytest
 import redis
@@ -28,8 +27,8 @@ from PIL import Image
 from chat import ChatError, ChatRateLimited, ChatService, TurnRequest, header_pixels
 from config import load_settings
 from history import new_id
-from limits import RateLimited, RateLimiter
 from providers import Providers
+from rate_limits import RateLimited, RateLimiter, storage_for
 from tests.app_server import AppServer
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, stall
@@ -85,14 +84,25 @@ def image_keys(url: str) -> list[bytes]:
 
 
 # -- raw Gradio queue calls: what an attacker does with a private event's fn_index ----------
-def fn_index(url: str, elem_id: str) -> int:
-    """The fn_index of the event a button (by elem_id) triggers, read from /config."""
+def event(url: str, elem_id: str) -> dict:
+    """The event a component (by elem_id) triggers, from /config."""
     config = httpx.get(url + "config", timeout=10).json()
     ids = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id]
-    for index, dep in enumerate(config["dependencies"]):
+    for dep in config["dependencies"]:
         if any(target[0] in ids for target in dep.get("targets", [])):
-            return dep.get("id", index)
+            types = {c["id"]: c["type"] for c in config["components"]}
+            return {**dep, "input_types": [types[i] for i in dep["inputs"]]}
     raise AssertionError(f"no event for #{elem_id}")
+
+
+def fn_index(url: str, elem_id: str) -> int:
+    return event(url, elem_id)["id"]
+
+
+def event_data(url: str, elem_id: str, **by_type: object) -> list:
+    """An event's raw input list, each input's value given by its component type (the order
+    is Gradio's, not ours to assume)."""
+    return [by_type.get(kind) for kind in event(url, elem_id)["input_types"]]
 
 
 def queue_call(url: str, index: int, data: list, timeout: float = 30) -> tuple[dict, list[str]]:
@@ -166,7 +176,14 @@ def test_imports_from_many_browsers_on_loopback_meet_the_global_ceiling(redis_ur
         export = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
         uploaded = upload(app.url, [("export.json", export.encode())]).json()[0]
         file = {"path": uploaded, "meta": {"_type": "gradio.FileData"}, "orig_name": "e.json"}
-        results = [queue_call(app.url, index, [file, browser_state()]) for _ in range(5)]
+        results = [
+            queue_call(
+                app.url,
+                index,
+                event_data(app.url, "import", uploadbutton=file, browserstate=browser_state()),
+            )
+            for _ in range(5)
+        ]
         imported = [r for r, toasts in results if "Conversation imported." in toasts]
         refused = [t for _, t in results if any("Too many people are importing" in x for x in t)]
         assert len(imported) == 3 and len(refused) == 2
@@ -276,15 +293,21 @@ def test_provider_checks_via_the_raw_queue_are_bounded(redis_url, counting_upstr
     with AppServer(env) as app:
         index = fn_index(app.url, "check-providers")
         mine = browser_state()
-        done, toasts = queue_call(app.url, index, [None, mine])
+        data = event_data(app.url, "check-providers", browserstate=mine)
+        done, toasts = queue_call(app.url, index, data)
         assert done["success"] and "providers passed" in done["output"]["data"][0]
         per_check = len(up.requests)
         assert per_check >= 1
-        queue_call(app.url, index, [None, mine])
-        _, toasts = queue_call(app.url, index, [None, mine])
+        queue_call(app.url, index, data)
+        _, toasts = queue_call(app.url, index, data)
         assert any("You are checking providers too fast" in t for t in toasts)
         # fresh browser ids: the global ceiling
-        outcomes = [queue_call(app.url, index, [None, browser_state()])[1] for _ in range(6)]
+        outcomes = [
+            queue_call(
+                app.url, index, event_data(app.url, "check-providers", browserstate=browser_state())
+            )[1]
+            for _ in range(6)
+        ]
         refused = [t for t in outcomes if any("Too many people are checking" in x for x in t)]
         assert len(refused) == 4
         assert len(up.requests) == 4 * per_check, "upstream requests are bounded"
@@ -295,12 +318,12 @@ def test_a_provider_check_runs_once_at_a_time_per_browser(redis_url, counting_up
     up.script(stall("", seconds=3))
     with AppServer(app_env(up, redis_url)) as app:
         index = fn_index(app.url, "check-providers")
-        mine = browser_state()
+        data = event_data(app.url, "check-providers", browserstate=browser_state())
 
         async def both():
-            first = asyncio.create_task(asyncio.to_thread(queue_call, app.url, index, [None, mine]))
+            first = asyncio.create_task(asyncio.to_thread(queue_call, app.url, index, data))
             await asyncio.sleep(0.8)
-            second = await asyncio.to_thread(queue_call, app.url, index, [None, mine])
+            second = await asyncio.to_thread(queue_call, app.url, index, data)
             return await first, second
 
         (_, first_toasts), (_, second_toasts) = asyncio.run(both())
@@ -358,25 +381,27 @@ def test_api_callers_storage_quota(redis_url, upstream):
 @pytest.mark.anyio
 async def test_weighted_hits_and_the_global_ceiling(redis_url):
     conn = aredis.from_url(redis_url)
-    now = [1_000_000.0]
-    limiter = RateLimiter(
-        conn, per_client=100, per_ip=0, per_global=10, prefix="t:w:", clock=lambda: now[0]
-    )
+    storage = storage_for(conn, "t:w")
+
+    def limiter(name: str) -> RateLimiter:
+        return RateLimiter(storage, per_client=100, per_ip=0, per_global=10, name=name)
+
     try:
-        await limiter.hit(new_id(), "127.0.0.1", weight=6)
-        await limiter.hit(new_id(), "::1", weight=4)  # another browser, same ceiling
+        ceiling = limiter("ceiling")
+        await ceiling.hit(new_id(), "127.0.0.1", weight=6)
+        await ceiling.hit(new_id(), "::1", weight=4)  # another browser, same ceiling
         with pytest.raises(RateLimited) as refused:
-            await limiter.hit(new_id(), "127.0.0.1", weight=1)
+            await ceiling.hit(new_id(), "127.0.0.1", weight=1)
         assert refused.value.scope == "global" and refused.value.wait_seconds == 60
         assert "Too many people" in str(refused.value)
-        now[0] += 61
-        await limiter.hit(new_id(), "127.0.0.1", weight=50)  # heavier than the limit: fills it
+        heavy = limiter("heavy")
+        await heavy.hit(new_id(), "127.0.0.1", weight=50)  # heavier than the limit: fills it
         with pytest.raises(RateLimited):
-            await limiter.hit(new_id(), "127.0.0.1")
-        now[0] += 61
-        member = await limiter.hit(new_id(), "10.0.0.1", weight=10)
-        await limiter.forget(member, None, "10.0.0.1")  # taken back: room again
-        await limiter.hit(new_id(), "10.0.0.1", weight=10)
+            await heavy.hit(new_id(), "127.0.0.1")
+        undone = limiter("undone")
+        hit = await undone.hit(new_id(), "10.0.0.1", weight=10)
+        await undone.forget(hit)  # taken back: room again
+        await undone.hit(new_id(), "10.0.0.1", weight=10)
     finally:
         await conn.aclose()
 
@@ -436,7 +461,7 @@ async def test_undo_gives_the_bytes_back():
         store = await service.store()
         before = await store.stored_bytes(browser)
         assert before > 5000
-        await service.undo(cid)
+        await service.undo_last(cid)
         assert await store.stored_bytes(browser) == 0
     finally:
         await service.aclose()
@@ -455,7 +480,9 @@ async def test_turn_kinds_each_count_as_a_turn():
         )
         with pytest.raises(ChatRateLimited, match="You are sending messages too fast"):
             await run(
-                service.edit(TurnRequest(text="e", conversation_id=cid, browser_id=browser), 0)
+                service.edit_shown(
+                    TurnRequest(text="e", conversation_id=cid, browser_id=browser), 0
+                )
             )
     finally:
         await service.aclose()
@@ -487,10 +514,9 @@ async def test_import_bounds_messages_and_images():
         await service.aclose()
 
 
-def test_fakeredis_is_supported_by_the_weighted_limiter():
+def test_the_embedded_mode_limits_weighted_hits_in_memory():
     async def go():
-        conn = fakeredis.FakeAsyncRedis()
-        limiter = RateLimiter(conn, per_client=5, per_ip=0, prefix="f:")
+        limiter = RateLimiter(storage_for(None), per_client=5, per_ip=0)
         await limiter.hit(new_id(), None, weight=5)
         return True
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
+import dataclasses
 import io
 import itertools
+import json
+import logging
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from chat import ChatError, ChatService, TurnRequest, coalesce, conversation_title
-from config import ROLES, load_settings
+from chat import ChatError, ChatService, InputMessage, Status, TurnRequest, conversation_title
+from chat_stream import coalesce
+from config import ROLES, load_settings, price_of
 from providers import ContentDelta, Finished, Providers
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, cut, error, reply, slow
@@ -62,8 +65,8 @@ def new_service(redis_url: str | None, upstream: FakeUpstream, tmp_path: Path, *
 
 
 async def run(service: ChatService, **request) -> list:
-    """Every update as it was when yielded (a copy: the service may reuse one object)."""
-    return [copy.copy(update) async for update in service.turn(TurnRequest(**request))]
+    """Every update as yielded (each is its own snapshot: no copies needed)."""
+    return [update async for update in service.turn(TurnRequest(**request))]
 
 
 def png_file(tmp_path: Path, name="red.png", size=(64, 48), colour=(255, 0, 0)) -> str:
@@ -200,7 +203,7 @@ async def test_provider_error_is_kept_once_and_retry_replaces_it(
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["status"] == "error"
     again = TurnRequest(conversation_id=cid, provider="openai", model="gpt-4o")
-    retried = [copy.copy(u) async for u in service.retry(again)]
+    retried = [u async for u in service.retry(again)]
     assert retried[-1].status == "complete" and retried[-1].answer == "Echo: hi"
     stored = await service.history(cid)
     assert [(m["role"], m.get("status")) for m in stored] == [
@@ -232,7 +235,7 @@ async def test_stop_closes_the_upstream_and_keeps_the_partial(
     async def consume():
         async for update in updates:
             if len(update.answer) > 10:
-                return copy.copy(update)  # as seen now, before the generator is closed
+                return update  # a snapshot: it stays as seen now
 
     task = asyncio.create_task(consume())
     seen = await task
@@ -252,8 +255,8 @@ async def test_undo_removes_the_last_exchange(redis_url, upstream, tmp_path, mak
     service = make_service(redis_url)
     cid = (await run(service, text="first", provider="openai", model="gpt-4o"))[-1].conversation_id
     await run(service, text="second", provider="openai", model="gpt-4o", conversation_id=cid)
-    removed = await service.undo(cid)
-    assert removed["content"] == "second"
+    removed = await service.undo_last(cid)
+    assert removed is not None and removed.text == "second"
     assert [m["content"] for m in await service.history(cid)] == ["first", "Echo: first"]
 
 
@@ -334,15 +337,13 @@ async def test_a_conversation_of_heavy_formulas_keeps_math_only_within_the_view_
     """Each message within its own bounds, but together they would freeze the reader's tab
     (KaTeX ~15 ms per 1,000 deep characters): the newest keep their math, older ones get
     code."""
-    from markup import MAX_MATH_VIEW_CHARS, math_chars
+    from markup_text import MAX_MATH_VIEW_CHARS, math_chars
 
     service = make_service(None)
     formula = "$" + "\\sqrt{" * 20 + "x" + "}" * 20 + "$"
     heavy = " ".join([formula] * 130)  # ~18,500 math characters: under every per-message bound
     messages = [
-        {"role": role, "content": heavy}
-        for _ in range(10)
-        for role in ("user", "assistant")
+        {"role": role, "content": heavy} for _ in range(10) for role in ("user", "assistant")
     ]
     cid = await service.import_conversation(
         {"version": 1, "meta": {"title": "heavy"}, "messages": messages}, "b" * 32, None
@@ -353,3 +354,231 @@ async def test_a_conversation_of_heavy_formulas_keeps_math_only_within_the_view_
     assert 0 < rendered <= MAX_MATH_VIEW_CHARS
     assert math_chars(texts[-1]) > 0, "the newest message keeps its formulas"
     assert math_chars(texts[0]) == 0 and "＼sqrt" in texts[0], "older ones show it as code"
+
+
+# -- snapshots, one read per turn, the stateless turn on the same path (issue 14) ----------
+
+
+def count_calls(monkeypatch, store, *names: str) -> dict[str, int]:
+    """How often the store's public methods `names` are called (they still run for real)."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        method = getattr(store, name)
+
+        async def counted(*args, _name=name, _method=method, **kwargs):
+            counts[_name] += 1
+            return await _method(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    return counts
+
+
+def contents(messages) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in messages]
+
+
+async def test_updates_are_distinct_immutable_snapshots(redis_url, upstream, make_service):
+    service = make_service(redis_url)
+    upstream.script(reply("one two three four five six", chunk_size=2, delay=0.01))
+    updates = await run(service, text="count", provider="openai", model="gpt-4o")
+    assert len(updates) >= 4
+    assert len({id(u) for u in updates}) == len(updates), "a new object per update"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        updates[0].answer = "changed"  # type: ignore[misc]
+    answers = [u.answer for u in updates]
+    assert answers[0] == "" and answers[-1] == "one two three four five six"
+    assert all(b.startswith(a) for a, b in itertools.pairwise(answers)), answers
+    assert [u.status for u in updates[:-1]] == [Status.STREAMING] * (len(updates) - 1)
+    assert updates[-1].status == Status.COMPLETE == "complete"
+
+
+async def test_first_and_last_updates_carry_the_stored_conversation(
+    redis_url, upstream, make_service
+):
+    service = make_service(redis_url)
+    updates = await run(service, text="hi", provider="openai", model="gpt-4o")
+    first, last, cid = updates[0], updates[-1], updates[-1].conversation_id
+    assert contents(first.messages) == [("user", "hi")]
+    assert all(u.messages is None for u in updates[1:-1])
+    assert last.done and list(last.messages) == await service.history(cid)
+
+    again = await run(service, text="more", conversation_id=cid, provider="openai")
+    assert contents(again[0].messages) == [*contents(last.messages), ("user", "more")]
+    assert list(again[-1].messages) == await service.history(cid)
+
+    retry = TurnRequest(conversation_id=cid, provider="openai", model="gpt-4o")
+    retried = [u async for u in service.retry(retry)]
+    assert contents(retried[0].messages) == contents(last.messages) + [("user", "more")]
+    assert list(retried[-1].messages) == await service.history(cid)
+
+    edit = TurnRequest(text="hello", conversation_id=cid, provider="openai")
+    edited = [u async for u in service.edit_shown(edit, 0)]
+    assert contents(edited[0].messages) == [("user", "hello")]
+    assert contents(edited[-1].messages) == [("user", "hello"), ("assistant", "Echo: hello")]
+    assert list(edited[-1].messages) == await service.history(cid)
+    # The UI renders them without reading history again.
+    shown = await service.display(cid, edited[-1].messages)
+    assert shown == await service.display(cid)
+
+
+async def test_the_last_messages_follow_the_store_s_trim(redis_url, upstream, make_service):
+    service = make_service(redis_url, HISTORY_MAX_MESSAGES="3")
+    cid = (await run(service, text="one", provider="openai"))[-1].conversation_id
+    updates = await run(service, text="two", conversation_id=cid, provider="openai")
+    assert contents(updates[0].messages) == [
+        ("user", "one"),
+        ("assistant", "Echo: one"),
+        ("user", "two"),
+    ]
+    assert contents(updates[-1].messages) == [
+        ("assistant", "Echo: one"),
+        ("user", "two"),
+        ("assistant", "Echo: two"),
+    ]
+    assert list(updates[-1].messages) == await service.history(cid)
+
+
+async def test_a_turn_reads_the_conversation_once(redis_url, upstream, make_service, monkeypatch):
+    service = make_service(redis_url)
+    first = await run(service, text="one", provider="openai", model="gpt-4o")
+    cid = first[-1].conversation_id
+    store = await service.store()
+    counts = count_calls(monkeypatch, store, "get_messages")
+
+    await run(service, text="two", conversation_id=cid, provider="openai", model="gpt-4o")
+    assert counts["get_messages"] == 1, "turn"
+    retry = TurnRequest(conversation_id=cid, provider="openai", model="gpt-4o")
+    [u async for u in service.retry(retry)]
+    assert counts["get_messages"] == 2, "retry"
+    edit = TurnRequest(text="uno", conversation_id=cid, provider="openai", model="gpt-4o")
+    [u async for u in service.edit_shown(edit, 0)]
+    assert counts["get_messages"] == 3, "edit"
+    [u async for u in service.edit_shown(edit, 0)]
+    assert counts["get_messages"] == 4, "edit_shown"
+    await run(service, text="new chat", provider="openai", model="gpt-4o")
+    assert counts["get_messages"] == 4, "a new conversation has nothing to read"
+    # What was sent is the conversation as read plus the new message (its tail).
+    assert contents(upstream.requests[-2]["messages"][1:]) == [("user", "uno")]
+
+
+async def test_stateless_turn_counts_usage_and_cost_like_a_stored_one(
+    redis_url, upstream, make_service, tmp_path, caplog
+):
+    service = make_service(
+        redis_url, MOONSHOT_API_KEY="sk-test-kimi", MOONSHOT_BASE_URL=upstream.base_url
+    )
+    square = tmp_path / "square.png"
+    Image.new("RGB", (1024, 1024), (10, 200, 10)).save(square)
+    asked = [InputMessage("user", "what is it?", [("square.png", square.read_bytes())])]
+    caplog.set_level(logging.INFO, logger="chat")
+    updates = [
+        u
+        async for u in service.stream_messages(
+            asked, provider="openai", model="gpt-4o", detail="high"
+        )
+    ]
+    usage = updates[-1].usage
+    assert usage["estimated"] is False and usage["image_tokens"] == 765
+    price = price_of("gpt-4o")
+    expected = usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output
+    assert usage["cost"] == pytest.approx(expected / 1_000_000, rel=1e-3)
+    assert updates[0].messages is None and updates[-1].messages is None
+    logged = [json.loads(r.getMessage()) for r in caplog.records if "chat_turn" in r.getMessage()]
+    assert [(line["outcome"], line["images"]) for line in logged] == [("complete", 1)]
+    assert logged[0]["tokens"] == usage["total_tokens"]
+
+    # A provider that reports no usage: estimated, still priced.
+    hello = [InputMessage("user", "hello")]
+    updates = [u async for u in service.stream_messages(hello, provider="kimi")]
+    usage = updates[-1].usage
+    assert usage["estimated"] is True and usage["completion_tokens"] > 0
+    assert usage["currency"] == "CNY" and usage["cost"] > 0
+
+
+async def test_stateless_turn_fails_open_while_redis_is_unreachable(upstream, make_service):
+    """Nothing is stored: a dead Redis (behind the rate limits) does not stop the answer,
+    where a stored turn is refused before anything is sent."""
+    service = make_service("redis://127.0.0.1:1/0")
+    hello = [InputMessage("user", "hello")]
+    updates = [u async for u in service.stream_messages(hello, provider="openai")]
+    assert updates[-1].status == Status.COMPLETE and updates[-1].answer == "Echo: hello"
+    with pytest.raises(ChatError, match="not sent; send it again"):
+        await run(service, text="hello", provider="openai")
+
+
+async def test_a_provider_error_maps_the_same_on_both_paths(redis_url, upstream, make_service):
+    service = make_service(redis_url)
+    failure = error(401, {"error": {"message": "bad key", "code": "invalid_api_key"}})
+    upstream.script(failure, failure)
+    stored = (await run(service, text="hi", provider="openai"))[-1]
+    hello = [InputMessage("user", "hi")]
+    stateless = [u async for u in service.stream_messages(hello, provider="openai")][-1]
+    for final in (stored, stateless):
+        assert final.done and final.status == Status.ERROR and "OPENAI_API_KEY" in final.error
+        assert final.usage is not None and final.usage["estimated"] is True
+    assert stored.error_code == stateless.error_code
+
+
+async def test_edit_shown_edits_by_the_chatbot_s_index(
+    redis_url, upstream, make_service, tmp_path, monkeypatch
+):
+    service = make_service(redis_url)
+    first = await run(service, text="look", images=[png_file(tmp_path)], provider="openai")
+    cid = first[-1].conversation_id
+    await run(service, text="is <div> ok?", conversation_id=cid, provider="openai")
+    stored = await service.history(cid)
+    shown, positions = await service.display_indexed(cid)
+    # The image's receipt and the answers' usage lines sit between the stored messages.
+    index = positions.index(2)
+    assert index > 2 and shown[index]["role"] == "user"
+    counts = count_calls(monkeypatch, await service.store(), "get_messages")
+    # The edit box starts from the shown text, which markup_text.py made safe.
+    box = shown[index]["content"][0]["text"] + " now"
+    assert box == "is &lt;div> ok? now"
+    edit = TurnRequest(text=box, conversation_id=cid, provider="openai")
+    updates = [u async for u in service.edit_shown(edit, index)]
+    assert counts["get_messages"] == 1
+    assert contents(updates[-1].messages) == [
+        *contents(stored[:2]),
+        ("user", "is <div> ok? now"),
+        ("assistant", "Echo: is <div> ok? now"),
+    ]
+    for not_yours in (index - 1, len(positions), -1, positions.index(1)):
+        with pytest.raises(ChatError, match="Only your own messages"):
+            [u async for u in service.edit_shown(edit, not_yours)]
+    assert await service.history(cid) == list(updates[-1].messages), "refusals change nothing"
+
+
+async def test_undo_last_gives_back_the_text_images_and_what_is_left(
+    redis_url, upstream, make_service, tmp_path
+):
+    service = make_service(redis_url)
+    cid = (await run(service, text="first", provider="openai"))[-1].conversation_id
+    photo = png_file(tmp_path, colour=(0, 255, 0))
+    await run(service, text="second", images=[photo], conversation_id=cid, provider="openai")
+    undone = await service.undo_last(cid)
+    assert undone.text == "second"
+    assert len(undone.image_paths) == 1 and Path(undone.image_paths[0]).is_file()
+    assert Image.open(undone.image_paths[0]).convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+    assert contents(undone.messages) == [("user", "first"), ("assistant", "Echo: first")]
+    assert list(undone.messages) == await service.history(cid)
+    assert (await service.undo_last(cid)).messages == ()
+    assert await service.undo_last(cid) is None, "nothing left to undo"
+
+
+async def test_open_gives_the_conversation_to_its_browser_only(
+    redis_url, upstream, make_service, monkeypatch
+):
+    service = make_service(redis_url)
+    browser, other = "b" * 32, "c" * 32
+    updates = await run(service, text="mine", browser_id=browser, provider="openai")
+    cid = updates[-1].conversation_id
+    counts = count_calls(monkeypatch, await service.store(), "get_meta", "get_messages")
+    opened = await service.open(browser, cid)
+    assert counts == {"get_meta": 1, "get_messages": 1}
+    assert opened.meta["title"] == "mine" and opened.meta["id"] == cid
+    assert opened.messages == updates[-1].messages
+    assert await service.open(other, cid) is None
+    assert await service.open(browser, "f" * 32) is None
+    assert await service.open("not an id", cid) is None
+    assert await service.open(browser, "../etc") is None

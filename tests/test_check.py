@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import os
 import re
 import subprocess
@@ -16,9 +17,13 @@ import pytest
 from PIL import Image
 
 import check
+import check_report
 import providers as providers_module
-from check import FAIL, PASS, SKIP, WARN, CheckResult, Step, check_providers, format_table
+from check import check_providers
+from check_report import FAIL, PASS, SKIP, WARN, CheckResult, Step, format_table
+from config import load_settings
 from providers import Providers
+from startup_checks import misconfigurations
 from tests.app_server import PROVIDER_VARS, ROOT
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, _Handler, error, free_port, reply, stall
@@ -84,7 +89,7 @@ async def test_all_good_with_vision_model_and_demo(upstream):
     results = await run_check(openai_env(upstream))
     assert list(results) == ["openai", "demo"]
     openai = results["openai"]
-    assert statuses(openai) == dict.fromkeys(check.STEPS, PASS), openai.fix
+    assert statuses(openai) == dict.fromkeys(check_report.STEPS, PASS), openai.fix
     assert openai.passed and openai.fix == "" and openai.model == "gpt-4o"
     assert openai.ttft_s is not None and openai.ttft_s > 0
     assert openai.reply_text.startswith("Echo: Reply with the single word: OK")
@@ -231,6 +236,8 @@ async def test_wrong_base_url_path_names_the_right_one(upstream, provider_id, pr
     assert result.steps["reply"] == Step(FAIL, "404") and not result.passed
     assert result.fix.startswith(f"{prefix}_BASE_URL must end in {path} (e.g. https://")
     assert upstream.requests == []  # /wrong/chat/completions is a 404 route, never a chat
+    # The startup warning is the same line (one place), so `--check` does not print it twice.
+    assert result.fix in misconfigurations(load_settings(env), Providers(env), env)
 
 
 @pytest.mark.anyio
@@ -328,12 +335,14 @@ def test_ollama_latest_tag_counts_as_listed():
 
 
 def test_table_shape_and_alignment():
-    good = CheckResult("openai", "OpenAI", "gpt-4o", steps={s: Step(PASS) for s in check.STEPS})
+    good = CheckResult(
+        "openai", "OpenAI", "gpt-4o", steps={s: Step(PASS) for s in check_report.STEPS}
+    )
     bad = CheckResult("deepseek", "DeepSeek", "deepseek-chat", fixes=["Set X."])
     bad.steps["reachable"] = Step(FAIL, "connection refused")
     lines = format_table([good, bad]).splitlines()
     assert len(lines) == 4
-    assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == list(check.HEADERS)
+    assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == list(check_report.HEADERS)
     assert re.fullmatch(r"\|(-+\|){8}", lines[1])
     # Every column but the free-text fix starts at the same place on every line.
     columns = {tuple(i for i, ch in enumerate(line) if ch == "|")[:8] for line in lines}
@@ -349,10 +358,10 @@ def test_table_escapes_pipes_and_newlines():
 
 
 def test_summary_counts():
-    ok = CheckResult("demo", "Demo", "demo", steps={s: Step(PASS) for s in check.STEPS})
+    ok = CheckResult("demo", "Demo", "demo", steps={s: Step(PASS) for s in check_report.STEPS})
     bad = CheckResult("kimi", "Kimi", "m", enabled=False, fixes=["Set MOONSHOT_API_KEY."])
-    assert check.format_summary([ok]) == "1 of 1 providers passed."
-    assert check.format_summary([ok, bad]).startswith("1 of 2 providers passed. Apply")
+    assert check_report.format_summary([ok]) == "1 of 1 providers passed."
+    assert check_report.format_summary([ok, bad]).startswith("1 of 2 providers passed. Apply")
 
 
 # ---- the CLI: python app.py --check
@@ -399,3 +408,17 @@ def test_cli_bad_key_exits_1_with_the_fix():
     assert "1 of 2 providers passed." in done.stdout
     assert "Traceback" not in done.stderr
     assert KEY not in done.stdout + done.stderr
+
+
+def test_cli_says_a_startup_warning_once(upstream, capsys):
+    """A misconfiguration the table already names as a fix is not repeated under it."""
+    env = {"ARK_API_KEY": KEY, "ARK_BASE_URL": f"{upstream.url}/wrong", "DEFAULT_PROVIDER": "ark"}
+    level = logging.getLogger().level
+    try:
+        code = check.cli(Providers(env), settings=load_settings(env), environ=env)
+    finally:
+        logging.getLogger().setLevel(level)  # cli quiets the root logger for its table
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.count("ARK_BASE_URL must end in /api/v3") == 1
+    assert "Warning: DEFAULT_PROVIDER='ark' names no provider (did you mean doubao?)" in out

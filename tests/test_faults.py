@@ -360,6 +360,8 @@ async def test_redis_dies_while_an_answer_streams(upstream, tmp_path):
         final = seen[-1]
         assert final.done and final.status == "incomplete"
         assert "not saved" in final.error and final.answer.startswith("one two")
+        assert seen[0].messages[-1]["content"] == "count"
+        assert final.messages is None, "not saved: no stored conversation to show"
         await asyncio.to_thread(server.start)
         stored = await service.history(final.conversation_id)
         assert [m["role"] for m in stored] == ["user"]

@@ -109,7 +109,7 @@ def test_markup_in_replies_user_text_and_titles_never_runs(chat, upstream, redis
     assert chat.page.locator("#chatbot a[href^='javascript']").count() == 0
     # Form controls are shown as text, code as code; the remote image is never fetched (CSP).
     assert '<form action="https://evil.example/steal">' in chat.chat_text()
-    # (a code span beside a link may carry an invisible word joiner after "<": markup.py)
+    # (a code span beside a link may carry an invisible word joiner after "<": markup_text.py)
     codes = chat.page.locator("#chatbot .prose code").all_inner_texts()
     assert [code.replace("\u2060", "") for code in codes].count("<form>") == 1
     for url in chat.page.remote:

@@ -9,11 +9,12 @@ import pytest
 import redis
 from PIL import Image
 
-from chat import ChatService, TurnRequest, conversation_usage, usage_summary
+from chat import ChatService, TurnRequest
 from config import load_settings, price_of
 from providers import Providers
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, reply
+from token_usage import conversation_usage, usage_summary
 
 pytestmark = pytest.mark.anyio
 
@@ -100,13 +101,13 @@ async def test_edit_a_message_and_answer_again_from_there(service, upstream):
     cid = first.conversation_id
     await run(service.turn(TurnRequest(text="two", provider="openai", conversation_id=cid)))
     edit = TurnRequest(text="uno", provider="openai", conversation_id=cid)
-    final = (await run(service.edit(edit, 0)))[-1]
+    final = (await run(service.edit_shown(edit, 0)))[-1]
     assert final.answer == "Echo: uno"
     stored = await service.history(cid)
     assert [m["content"] for m in stored] == ["uno", "Echo: uno"]
     assert upstream.requests[-1]["messages"][1:] == [{"role": "user", "content": "uno"}]
     with pytest.raises(Exception, match="Only your own messages"):
-        await run(service.edit(edit, 1))
+        await run(service.edit_shown(edit, 1))
 
 
 async def test_regenerate_with_another_model_keeps_both(service, upstream):

@@ -17,7 +17,7 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-import http_api
+import http_routes
 from chat import ChatService
 from config import ROLES, load_settings
 from providers import Providers
@@ -521,11 +521,11 @@ def test_auth_protects_the_chat_but_not_health():
                 assert "data: [DONE]" in list(response.iter_lines())
 
 
-# -- the rate limit (limits.py, counted by ChatService per IP, as for the UI) -----------------
+# -- the rate limit (rate_limits.py, counted by ChatService per IP, as for the UI) ------------
 def test_rate_limit_answers_429_with_retry_after(tmp_path):
     settings = load_settings({"RATE_LIMIT_PER_MINUTE": "1"})
     service = ChatService(settings, Providers({"DEMO_DELAY_MS": "0"}), image_dir=tmp_path)
-    app = Starlette(routes=http_api.routes(service))
+    app = Starlette(routes=http_routes.routes(service))
     with TestClient(app) as client:
         invalid = client.post("/api/chat", json={"messages": []})
         assert invalid.status_code == 422  # refused before it is counted

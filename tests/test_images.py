@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
+import image_tokens
 import images
 from images import ImageRejected, PreparedImage, estimate_image_tokens, image_profile
 from tests import image_corpus as corpus
@@ -344,8 +345,12 @@ def test_profiles_per_provider_model_and_detail():
     assert image_profile("qwen", "qwen-vl-max").max_pixels == 1280 * 28 * 28
     assert image_profile("qwen", "qwen-vl-max", "high").max_pixels == 16384 * 28 * 28
     assert image_profile("ollama", "qwen2.5vl:7b").family == "qwen"
+    # SiliconFlow reads auto as low (448 px): the app sends high instead, and sizes for it.
     sf = image_profile("siliconflow", "Qwen/Qwen2.5-VL-72B-Instruct", "auto")
-    assert (sf.detail, sf.max_long_side) == ("low", 448)  # SiliconFlow: auto means low
+    assert sf == image_profile("siliconflow", "Qwen/Qwen2.5-VL-72B-Instruct", "high")
+    assert (sf.detail, sf.max_short_side) == ("high", 3584)
+    low = image_profile("siliconflow", "Qwen/Qwen2.5-VL-72B-Instruct", "low")
+    assert (low.detail, low.max_long_side) == ("low", 448)
     zhipu = image_profile("zhipu", "glm-4v-plus")
     assert zhipu.max_bytes < 5 * 1024 * 1024 and zhipu.max_long_side <= 6000
     for provider, model in [
@@ -387,7 +392,7 @@ def test_token_estimates(size, provider, model, detail, tokens):
 
 
 def test_patch_models_scale_to_1536_patches_like_the_docs_example():
-    assert images._patch_tokens(1800, 2400, 1.0) == 1452  # OpenAI docs: 1056x1408
+    assert image_tokens.patch_tokens(1800, 2400, 1.0) == 1452  # OpenAI docs: 1056x1408
 
 
 # --------------------------------------------------------------------------- receipt, describe

@@ -1,4 +1,4 @@
-"""markup.safe_markdown: untrusted Markdown in, Markdown out that renders harmlessly.
+"""markup_text.safe_markdown: untrusted Markdown in, Markdown out that renders harmlessly.
 
 Each attack is rendered the way the Chatbot's frontend does it (formulas cut out first, then a
 CommonMark + GFM renderer with raw HTML on, formulas put back escaped) and the HTML is read:
@@ -22,12 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-import markup
-from markup import ALLOWED_TAGS, JOINER, cut_math, math_too_big, safe_markdown, unshown
+import markup_text
+from markup_text import ALLOWED_TAGS, JOINER, cut_math, math_too_big, safe_markdown, unshown
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What Markdown itself renders, plus the raw tags markup.py keeps.
+# What Markdown itself renders, plus the raw tags markup_text.py keeps.
 RENDERED = {
     "p", "em", "strong", "code", "pre", "a", "ul", "ol", "li", "blockquote", "hr", "br",
     "table", "thead", "tbody", "tr", "th", "td", "s", "img",
@@ -56,7 +56,7 @@ def frontend_html(text: str) -> str:
     """The HTML of a message as the Chatbot makes it: formulas out, Markdown, formulas back."""
     formulas: list[str] = []
     work = text
-    for left, right in markup.LATEX_DELIMITERS:
+    for left, right in markup_text.LATEX_DELIMITERS:
         pattern = re.compile(re.escape(left) + r"([\s\S]+?)" + re.escape(right))
 
         def hold(match: re.Match) -> str:
@@ -301,7 +301,7 @@ A [link](https://example.com), <https://example.com>, an image of our own:
 
 
 def test_a_normal_answer_comes_back_unchanged(monkeypatch):
-    markup._upload_url.cache_clear()
+    markup_text._upload_url.cache_clear()
     monkeypatch.setenv("GRADIO_TEMP_DIR", "/tmp/gradio")
     try:
         assert safe_markdown(NORMAL) == NORMAL
@@ -309,7 +309,7 @@ def test_a_normal_answer_comes_back_unchanged(monkeypatch):
             shown = safe_markdown(NORMAL[:end]).replace(JOINER, "").replace("&lt;", "<")
             assert shown.replace("[\U0001f5bc ", "![") == NORMAL[:end], end
     finally:
-        markup._upload_url.cache_clear()
+        markup_text._upload_url.cache_clear()
     rendered = frontend_html(NORMAL)
     assert "<table>" in rendered and '<code class="language-python">' in rendered
     assert rendered.count("<kbd>") == 2 and "<sub>small</sub>" in rendered
@@ -401,22 +401,27 @@ def test_many_formulas_are_bounded_in_total():
     many = " ".join(f"$x_{{{i}}}+\\sqrt{{{i}}}$" for i in range(3000))
     shown = safe_markdown(many)
     kept = sum(b - a for a, b in cut_math(shown)[0])
-    assert 0 < kept <= markup.MAX_MATH_TOTAL_CHARS
+    assert 0 < kept <= markup_text.MAX_MATH_TOTAL_CHARS
 
 
 def test_the_delimiters_are_the_chatbots():
-    source = (ROOT / "app.py").read_text(encoding="utf-8")
-    block = source[source.index("LATEX = [") : source.index("]\n", source.index("LATEX = ["))]
+    # The UI's LATEX list, wherever the UI keeps it (app.py before the UI got its modules).
+    sources = [(ROOT / name).read_text(encoding="utf-8") for name in ("ui_assets.py", "app.py")
+               if (ROOT / name).exists()]  # fmt: skip
+    start = re.compile(r"^LATEX\b[^=\n]*= \[", re.MULTILINE)
+    source = next(text for text in sources if start.search(text))
+    begin = start.search(source).start()
+    block = source[begin : source.index("]\n", begin)]
     found = re.findall(r'"left": "((?:[^"\\]|\\.)+)", "right": "((?:[^"\\]|\\.)+)"', block)
     delimiters = tuple((a.encode().decode("unicode_escape"), b.encode().decode("unicode_escape"))
                        for a, b in found)  # fmt: skip
-    assert delimiters == markup.LATEX_DELIMITERS
+    assert delimiters == markup_text.LATEX_DELIMITERS
 
 
 # -- the last resort, and speed -----------------------------------------------------------------
 def test_the_fallback_neutralises_everything():
     text = "\n\n".join(ATTACKS.values()) + DEEP + " $x$ \\(y\\) \\[z\\]"
-    inert = markup._inert(text)
+    inert = markup_text._inert(text)
     assert not re.search(r"<[A-Za-z/!?]|!\[|```mermaid", inert)
     assert cut_math(inert)[0] == []
     assert_harmless(inert)
@@ -425,12 +430,12 @@ def test_the_fallback_neutralises_everything():
 def test_an_output_that_would_cut_into_other_formulas_is_neutralised_whole(monkeypatch):
     # The last check: should a rewrite ever make the frontend cut formulas other than the
     # kept ones, nothing of its reading is trusted.
-    monkeypatch.setattr(markup, "_rewrite", lambda text, *rest: text.replace("<p>", "$<p>$"))
-    markup._CACHE.clear()
+    monkeypatch.setattr(markup_text, "_rewrite", lambda text, *rest: text.replace("<p>", "$<p>$"))
+    markup_text._CACHE.clear()
     text = "x <p> $y$ <form>"
-    assert safe_markdown(text) == markup._inert(text)
+    assert safe_markdown(text) == markup_text._inert(text)
     assert_harmless(text)
-    markup._CACHE.clear()
+    markup_text._CACHE.clear()
 
 
 def test_the_prefix_cache_changes_nothing():
@@ -438,11 +443,11 @@ def test_the_prefix_cache_changes_nothing():
     streamed = []
     for end in range(0, len(text), 23):
         streamed.append(safe_markdown(text[:end]))
-    markup._PREFIXES.clear()
-    markup._CACHE.clear()
+    markup_text._PREFIXES.clear()
+    markup_text._CACHE.clear()
     for number, end in enumerate(range(0, len(text), 23)):
-        markup._PREFIXES.clear()
-        markup._CACHE.clear()
+        markup_text._PREFIXES.clear()
+        markup_text._CACHE.clear()
         assert safe_markdown(text[:end]) == streamed[number], end
 
 
@@ -452,8 +457,8 @@ def test_it_is_fast_enough_for_every_streamed_update():
     table = "| a | b |\n|---|---|\n| `<br>` | 2 |\n\n"
     answer = (paragraph * 3 + block + table) * 25  # ~8,000 characters, ~2,000 tokens
     assert len(answer) > 7500
-    markup._PREFIXES.clear()
-    markup._CACHE.clear()
+    markup_text._PREFIXES.clear()
+    markup_text._CACHE.clear()
     steps = range(40, len(answer) + 40, 40)  # what ~50 ms of tokens add
     started = time.perf_counter()
     for end in steps:

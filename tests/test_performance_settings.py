@@ -8,9 +8,6 @@ never asserted here: this machine is shared and noisy.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,11 +15,11 @@ import httpx
 import pytest
 from gradio_client import Client
 
-import chat
+import chat_stream
 from chat import ChatService
 from config import load_settings
 from providers import ContentDelta, Finished, Providers
-from tests.app_server import ROOT, AppServer
+from tests.app_server import AppServer
 from tests.conftest import app_env
 from tests.fake_upstream import Exchange, reply
 
@@ -81,24 +78,32 @@ def default_app(upstream):
         yield server
 
 
-def test_a_turn_is_one_server_event_with_busy_and_idle_in_the_browser(default_app):
-    """Sending a message runs one server event: the busy and idle states of the input and
-    buttons are set in the browser (transpiled to JavaScript), and the stream's last update
-    carries the stored conversation, so nothing runs on the server after it."""
+def test_a_turn_streams_into_the_chat_alone_with_busy_and_idle_in_the_browser(default_app):
+    """Sending a message: the box is emptied by an unqueued step, the busy and idle states of
+    the input and buttons are set in the browser (transpiled to JavaScript), the stream
+    updates only the Chatbot (and a server-side State), and the bookkeeping (the list, the
+    conversation id, the usage) runs once, after it."""
     config = httpx.get(f"{default_app.url}config", timeout=30).json()
     deps = config["dependencies"]
+    components = {c["id"]: c for c in config["components"]}
     ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
 
     def followers(dep: dict) -> list[dict]:
         return [d for d in deps if d.get("trigger_after") == dep["id"]]
 
     for target, event in ((ids["chat-input"], "submit"), (ids["retry"], "click")):
-        (first,) = [d for d in deps if [target, event] in d["targets"]]
-        assert "show_busy" in (first.get("js_implementation") or "")
-        (stream,) = followers(first)
-        assert stream["backend_fn"] and not stream.get("js_implementation")
-        after = followers(stream)
-        assert after and all("show_idle" in (d.get("js_implementation") or "") for d in after)
+        (taken,) = [d for d in deps if [target, event] in d["targets"]]
+        assert taken["backend_fn"] and taken["queue"] is False
+        (busy,) = followers(taken)
+        assert "show_busy" in (busy.get("js_implementation") or "")
+        (stream,) = followers(busy)
+        assert stream["backend_fn"] and stream["types"]["generator"]
+        shown = [components[i]["type"] for i in stream["outputs"]]
+        assert sorted(shown) == ["chatbot", "state"], shown
+        (finish,) = followers(stream)
+        assert finish["backend_fn"] and not finish["types"]["generator"]
+        (idle,) = followers(finish)
+        assert "show_idle" in (idle.get("js_implementation") or "")
 
 
 def test_two_chats_stream_at_the_same_time(default_app, upstream):
@@ -148,7 +153,7 @@ async def test_coalesce_sends_the_first_token_without_waiting():
         yield ContentDelta("second")
         yield Finished("stop")
 
-    batches = chat.coalesce(tokens(), 60)
+    batches = chat_stream.coalesce(tokens(), 60)
     first = await asyncio.wait_for(batches.__anext__(), HANG_GUARD)
     assert [e.text for e in first] == ["first"]
     sent_first.set()
@@ -157,10 +162,10 @@ async def test_coalesce_sends_the_first_token_without_waiting():
 
 
 def test_updates_slow_down_when_many_streams_are_open(monkeypatch):
-    monkeypatch.setattr(chat, "_open_streams", 1)
-    assert chat.update_interval(0.05) == 0.05
-    monkeypatch.setattr(chat, "_open_streams", 4 * chat.UPDATES_PER_SECOND)
-    assert chat.update_interval(0.05) == pytest.approx(4.0)
+    monkeypatch.setattr(chat_stream, "_open_streams", 1)
+    assert chat_stream.update_interval(0.05) == 0.05
+    monkeypatch.setattr(chat_stream, "_open_streams", 4 * chat_stream.UPDATES_PER_SECOND)
+    assert chat_stream.update_interval(0.05) == pytest.approx(4.0)
 
 
 @pytest.mark.anyio
@@ -171,15 +176,15 @@ async def test_open_streams_are_counted_while_they_stream():
         yield ContentDelta("a")
         await gate.wait()
 
-    before = chat._open_streams
-    streams = [chat.coalesce(tokens(), 0.05) for _ in range(3)]
+    before = chat_stream._open_streams
+    streams = [chat_stream.coalesce(tokens(), 0.05) for _ in range(3)]
     for stream in streams:
         await stream.__anext__()
-    assert chat._open_streams == before + 3
+    assert chat_stream._open_streams == before + 3
     gate.set()
     for stream in streams:
         assert [b async for b in stream] == []
-    assert chat._open_streams == before
+    assert chat_stream._open_streams == before
 
 
 @pytest.mark.anyio
@@ -210,63 +215,3 @@ async def test_a_long_conversation_shows_its_latest_messages_after_a_note(redis_
         assert positions == list(range(6)) and "metadata" not in shown[0]
     finally:
         await service.aclose()
-
-
-STREAM_PROBE = """
-import asyncio, json
-import app
-from chat import TurnUpdate
-
-def brief(value):
-    return value if value is None or isinstance(value, (str, dict)) else type(value).__name__
-
-async def main():
-    store = await app.service.store()
-    browser = "b" * 32
-    cid = await store.create_conversation(browser, title="probe", role="assistant")
-    stored = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    await store.append_turn(cid, stored, browser_id=browser)
-
-    async def updates():
-        for answer in ["", "Hel", "Hello", "Hello!"]:
-            yield TurnUpdate(conversation_id=cid, answer=answer, done=answer == "Hello!")
-
-    out = {"cid": cid}
-    state = {"browser_id": browser, "conversation_id": ""}
-    yielded = [o async for o in app.stream_into_chat([], updates(), state, "")]
-    out["updates"] = [[brief(v) for v in o[1:]] for o in yielded]
-    out["final_chat"] = [m["content"][0]["text"] for m in yielded[-1][0]]
-    # When the browser already shows exactly the stored conversation, it is not sent again.
-    shown = app.display_user("Hi", [])
-    state = {"browser_id": browser, "conversation_id": cid}
-    yielded = [o async for o in app.stream_into_chat(shown, updates(), state, cid)]
-    out["final_when_shown"] = brief(yielded[-1][0])
-    print(json.dumps(out))
-
-asyncio.run(main())
-"""
-
-
-@pytest.mark.e2e  # a fresh `import app` in a subprocess
-def test_streamed_ui_updates_carry_only_the_chat():
-    """Per update, only the Chatbot may change: the conversation id goes out once, and the
-    box, the list, the browser state and the usage are left alone (gr.skip(), which costs
-    nothing with gradio_tuning; even a plain None for the box is postprocessed each time).
-    The last update is the stored conversation with the list, the browser state and the
-    usage (what a second event after the stream did before: one event per turn now)."""
-    env = {**AppServer().env, "OPENAI_API_KEY": "sk-test-perf"}
-    done = subprocess.run(
-        [sys.executable, "-c", STREAM_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    skip, cid = {"__type__": "update"}, result["cid"]
-    final = [skip, skip, "Radio", {"browser_id": "b" * 32, "conversation_id": cid}, ""]
-    assert result["updates"] == [[cid, skip, skip, skip, skip]] + [[skip] * 5] * 3 + [final]
-    assert result["final_chat"] == ["Hi", "Hello!"]
-    assert result["final_when_shown"] == skip

@@ -14,7 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+import demo_provider
+import provider_errors
 import providers as providers_module
+from model_facts import reasoning_by_name, vision_by_name
+from provider_errors import error_info, map_status, parse_retry_after
 from providers import (
     ContentDelta,
     Finished,
@@ -22,11 +26,6 @@ from providers import (
     ProviderError,
     Providers,
     ReasoningDelta,
-    error_info,
-    map_status,
-    parse_retry_after,
-    reasoning_by_name,
-    vision_by_name,
 )
 from tests.conftest import app_env
 from tests.fake_upstream import (
@@ -226,7 +225,7 @@ TEXT_ONLY = [
     "deepseek-chat", "deepseek-reasoner", "deepseek-ai/DeepSeek-V3", "qwen-plus", "qwen-max",
     "glm-4-plus", "glm-4-flash", "moonshot-v1-8k", "kimi-k2-0905-preview",
     "doubao-1-5-pro-32k-250115", "llama3.2", "qwen3", "gpt-4o-audio-preview",
-    "gpt-4o-mini-tts", "gemma3:1b", "o1-mini", "deepseek/deepseek-chat",
+    "gpt-4o-mini-tts", "gemma3:1b", "o1-mini", "o1-preview", "o3-mini", "deepseek/deepseek-chat",
 ]  # fmt: skip
 
 
@@ -862,7 +861,7 @@ async def test_planted_key_never_appears(upstream):
 
 @given(st.text(max_size=80), st.text(max_size=80))
 def test_redaction_property(before, after):
-    redacted = providers_module._redact(f"{before}{KEY}{after}", (KEY,))
+    redacted = provider_errors.redact(f"{before}{KEY}{after}", (KEY,))
     assert KEY not in redacted
 
 
@@ -925,10 +924,10 @@ def test_demo_pillow_fallback_names_colours():
     half.paste((20, 60, 230), (0, 0, 20, 20))
     buffer = io.BytesIO()
     half.save(buffer, "JPEG")
-    info = providers_module._describe_with_pillow(buffer.getvalue())
+    info = demo_provider._describe_with_pillow(buffer.getvalue())
     assert (info["width"], info["height"], info["format"]) == (40, 20, "JPEG")
     assert set(info["colours"]) == {"blue", "white"}
-    assert providers_module._colour_names([(250, 250, 250), "#1e46dc", "teal"]) == [
+    assert demo_provider._colour_names([(250, 250, 250), "#1e46dc", "teal"]) == [
         "white", "blue", "teal",
     ]  # fmt: skip
 

@@ -3,7 +3,7 @@ Chromium against `python app.py`: the model's reply (the fake upstream, real HTT
 own text and an imported export carry markup tricks; no live form control, embed or image may
 appear in the chat and no URL they name may be fetched. A formula nested 150 deep must not
 crash the tab, not even when the page reopens the stored conversation on a reload. Gradio's own
-frontend (marked, DOMPurify, KaTeX) renders here, so this is the check that markup.py's reading
+frontend (marked, DOMPurify, KaTeX) renders here, so this is the check that markup_text.py's reading
 of Markdown agrees with the one that counts.
 """
 
@@ -18,7 +18,7 @@ import gradio
 import pytest
 import redis
 
-from markup import safe_markdown
+from markup_text import safe_markdown
 from tests.app_server import AppServer
 from tests.browser import (  # noqa: F401  (fixtures)
     BOT,

@@ -32,7 +32,7 @@ from typing import Any
 from starlette.requests import Request
 
 from chat import ChatRateLimited
-from limits import WatchedSend, client_ip, send_json
+from http_guards import WatchedSend, client_ip, send_json
 
 log = logging.getLogger("uploads")
 
@@ -122,7 +122,7 @@ class UploadLimits:
     """ASGI middleware: the budgets and the disk limit above, for POST .../gradio_api/upload.
 
     `service` is the ChatService (its `check_budget` keeps the counts in Redis, shared by
-    replicas); `client_ip_of` gives a request's client address (limits.client_ip)."""
+    replicas); `client_ip_of` gives a request's client address (http_guards.client_ip)."""
 
     def __init__(
         self,
@@ -249,9 +249,10 @@ class UploadLimits:
 def _cause(exc: BaseException) -> _Refused | None:
     """Our refusal inside whatever the app wrapped it in (__cause__ / __context__ chain)."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _Refused):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _Refused):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None

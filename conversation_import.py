@@ -2,38 +2,76 @@
 the image pipeline left them (re-encoded and sized like uploads; not an image: dropped, with
 a note in the message). ChatService.import_conversation does the I/O; this is plain data.
 
-Nothing here imports gradio, Redis or Pillow.
+The entry point is `parse_import` (validate with conversation_format's models, then trim and
+cut to the settings); `ParsedImport.apply_prepared` puts the prepared images in. The other
+functions are its steps. Nothing here imports gradio, Redis or Pillow.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-MAX_META_FIELDS = 32
-MAX_META_CHARS = 500
-MAX_TITLE_CHARS = 200
+from conversation_format import (
+    MAX_META_CHARS,
+    MAX_META_FIELDS,
+    MAX_TITLE_CHARS,
+    Blobs,
+    load_json,
+    parse_export,
+)
+
 # Answers are not limited by MAX_MESSAGE_CHARS (the model writes them): an exported answer
 # may be longer than a user message, so other roles get this many times the limit.
 OTHER_ROLES_FACTOR = 5
 
+ImageItem = tuple[str, str, bytes]  # (sha256 in the file, name, raw bytes)
+
+
+@dataclass
+class ParsedImport:
+    """A validated export, bounded to the settings: what a new conversation will hold."""
+
+    meta: dict[str, str]
+    messages: list[dict]
+    blobs: Blobs
+
+    def image_items(self) -> list[ImageItem]:
+        """The images to put through the image pipeline, once per hash."""
+        return image_items(self.messages, self.blobs)
+
+    def apply_prepared(self, prepared: Mapping[str, Any], dropped: Mapping[str, str]) -> list[dict]:
+        """The messages with each image's ref rewritten to its prepared image (old sha ->
+        images.PreparedImage), or left out with a note (old sha -> reason)."""
+        return apply_prepared(self.messages, prepared, dropped)
+
+
+def parse_import(
+    data: str | object, *, max_messages: int, max_chars: int, max_images: int
+) -> ParsedImport:
+    """An export (its JSON text, or already parsed) validated, then bounded: its last
+    `max_messages` messages, each cut to `max_chars` (answers 5x) and `max_images` images, a
+    note in each message saying what was cut. ValueError with a clear sentence for a file
+    that is not an export. CPU-bound on big files (base64, hashes): run it in a thread."""
+    if isinstance(data, str):
+        data = load_json(data)
+    meta, messages, blobs = parse_export(data)
+    messages = bound_messages(messages[-max_messages:], max_chars=max_chars, max_images=max_images)
+    return ParsedImport(meta, messages, blobs)  # meta: bounded by conversation_format.Meta
+
 
 def parse_json(text: str) -> dict:
     """An export file's text as its top-level object; ValueError says what is wrong."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError("that file is not JSON. Pick a file exported from this app.") from None
-    except RecursionError:
-        raise ValueError("that JSON is nested too deeply to be a conversation export.") from None
+    data = load_json(text)
     if not isinstance(data, dict):
         raise ValueError("that JSON is not a conversation export.")
     return data
 
 
 def bound_meta(meta: Mapping[str, str]) -> dict[str, str]:
-    """At most MAX_META_FIELDS fields, each value cut to MAX_META_CHARS (title shorter)."""
+    """At most MAX_META_FIELDS fields, each value cut to MAX_META_CHARS (title shorter): what
+    conversation_format.Meta already does; kept for callers of the steps before parse_import."""
     kept: dict[str, str] = {}
     for name, value in meta.items():
         if len(kept) >= MAX_META_FIELDS:
@@ -96,7 +134,7 @@ def bound_messages(messages: list[dict], *, max_chars: int, max_images: int) -> 
     return out
 
 
-def image_items(messages: list[dict], blobs: Mapping[str, tuple[bytes, str]]) -> list[tuple]:
+def image_items(messages: list[dict], blobs: Mapping[str, tuple[bytes, str]]) -> list[ImageItem]:
     """(old sha256, name, raw bytes) of each image the messages carry, once per hash."""
     names: dict[str, str] = {}
     for message in messages:
