@@ -28,7 +28,7 @@ from providers import Providers
 from ui import build_demo
 from ui_api import IMAGES_HELP
 from ui_assets import CSS, NARROW_SCREEN_JS
-from ui_handlers import upload_dir
+from ui_state import upload_dir
 from ui_text import I18N
 from upload_limits import UploadLimits
 

@@ -142,11 +142,12 @@ class Settings:
     app_auth: str | None = None
     max_threads: int = 400
     concurrency_limit: int | None = None  # per event; None = no limit (streaming is I/O-bound)
-    # Abuse limits (limits.py): messages per minute per browser (or API caller) and per IP;
-    # 0 turns a limit off. The per-IP default is 3x, since people can share an address.
+    # Abuse limits (chat_budgets.py, rate_limits.py): messages per minute per browser (or API
+    # caller) and per IP; 0 turns a limit off. The per-IP default is 3x, since people can
+    # share an address.
     rate_limit_per_minute: int = 20
     rate_limit_per_ip_per_minute: int = 60
-    # Every other budget a stranger can spend (limits.py, upload_limits.py; docs/security.md):
+    # Every other budget a stranger can spend (chat_budgets.py, upload_limits.py; docs/security.md):
     # per client (browser, or an API caller's address), per IP (3x, not for loopback) and a
     # global ceiling for everyone together (loopback too: a share link arrives from there).
     rate_limit_global_per_minute: int = 600  # turns of everyone: default 30x the per-browser

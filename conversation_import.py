@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from conversation_format import (
-    MAX_META_CHARS,
-    MAX_META_FIELDS,
-    MAX_TITLE_CHARS,
     Blobs,
     load_json,
     parse_export,
@@ -59,25 +56,6 @@ def parse_import(
     meta, messages, blobs = parse_export(data)
     messages = bound_messages(messages[-max_messages:], max_chars=max_chars, max_images=max_images)
     return ParsedImport(meta, messages, blobs)  # meta: bounded by conversation_format.Meta
-
-
-def parse_json(text: str) -> dict:
-    """An export file's text as its top-level object; ValueError says what is wrong."""
-    data = load_json(text)
-    if not isinstance(data, dict):
-        raise ValueError("that JSON is not a conversation export.")
-    return data
-
-
-def bound_meta(meta: Mapping[str, str]) -> dict[str, str]:
-    """At most MAX_META_FIELDS fields, each value cut to MAX_META_CHARS (title shorter): what
-    conversation_format.Meta already does; kept for callers of the steps before parse_import."""
-    kept: dict[str, str] = {}
-    for name, value in meta.items():
-        if len(kept) >= MAX_META_FIELDS:
-            break
-        kept[name] = value[: MAX_TITLE_CHARS if name == "title" else MAX_META_CHARS]
-    return kept
 
 
 def note(message: dict, text: str) -> None:

@@ -22,8 +22,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from conversation_format import EXPORT_FORMAT, EXPORT_VERSION, parse_export
 from history_base import (
     DEFAULT_IMAGE_CACHE_BYTES,
@@ -304,27 +302,6 @@ class HistoryStore(HistoryBase):
                 )
         return [json.loads(item) for item in results[0]] if results else []
 
-    async def replace_last_message(self, cid: str, message: Message) -> None:
-        """Overwrite the newest message (e.g. mark an assistant reply complete).
-
-        Raises UnknownConversation for an unknown cid (the message would be lost), ValueError when
-        the conversation has no message yet.
-        """
-        check_id(cid)
-        encoded = encode_message(message)
-        key = self._msgs_key(cid)
-        with Guard(MESSAGE):
-            owner = await self._owner(cid)
-            results = None
-            if owner is not None:
-                results = await self._transact(
-                    cid, owner, lambda pipe: pipe.lset(key, -1, encoded), allow_errors=True
-                )
-            if results is None:
-                raise UnknownConversation(f"Unknown conversation {cid} (deleted or expired)")
-        if isinstance(results[0], ResponseError):
-            raise ValueError(f"Conversation {cid} has no message to replace")
-
     async def _transact(
         self,
         cid: str,
@@ -332,14 +309,11 @@ class HistoryStore(HistoryBase):
         queue: Callable[[Any], object],
         *,
         bump: bool = True,
-        allow_errors: bool = False,
     ) -> list | None:
         """Run queue(pipe)'s commands plus the TTL refresh (and, with bump, the new `updated`
         and index score) in ONE MULTI. Returns their results, or None if the conversation did
         not exist: its meta is checked inside the same MULTI, and the commands, which would have
         recreated a ghost, are undone. Ids are random 128-bit, so nothing else can own that cid.
-        allow_errors: queue's own command errors are returned (e.g. LSET on an empty list), since
-        MULTI runs the other commands anyway; any other error is raised.
         """
         meta_key = self._meta_key(cid)
         pipe = self._w.pipeline(transaction=True)
@@ -357,7 +331,7 @@ class HistoryStore(HistoryBase):
         if not results[0]:
             await self._undo_ghost(cid, owner)
             return None
-        for result in results[1 if not allow_errors else first_touch :]:
+        for result in results[1:]:
             if isinstance(result, Exception):
                 raise result
         return results[1:first_touch]

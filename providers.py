@@ -98,7 +98,6 @@ class Providers:
         env: Mapping[str, str] = os.environ if environ is None else environ
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.warnings: list[str] = []  # configuration problems worth one log line at startup
         self._providers: dict[str, Provider] = {
             preset.id: build_provider(preset, env) for preset in PRESETS
         }
@@ -139,9 +138,7 @@ class Providers:
         if wanted:
             chosen = self._providers.get(wanted)
             if chosen and chosen.enabled:
-                return chosen.id
-            reason = "unknown" if chosen is None else f"not configured ({chosen.hint})"
-            self.warnings.append(f"DEFAULT_PROVIDER={wanted!r} is {reason}; ignoring it.")
+                return chosen.id  # else: startup_checks warns about it
         for provider in self._providers.values():
             if provider.enabled and provider.id != DEMO_ID:
                 return provider.id
@@ -152,8 +149,7 @@ class Providers:
             return DEFAULT_DEMO_DELAY_MS / 1000
         try:
             return max(0.0, float(raw)) / 1000
-        except ValueError:
-            self.warnings.append(f"DEMO_DELAY_MS must be a number, got {raw!r}; using default.")
+        except ValueError:  # startup_checks warns about it
             return DEFAULT_DEMO_DELAY_MS / 1000
 
     def with_key(self, provider: Provider, api_key: str | None) -> Provider:

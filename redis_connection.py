@@ -2,7 +2,8 @@
 
 `connect_clients` opens a reading and a writing client (or one embedded fakeredis), `Guard`
 turns redis-py errors into `HistoryUnavailable` with a message fit to show, and
-`app_secret_from_redis` is the one synchronous call (at import time, before any event loop).
+`app_secret_from_redis` is the one synchronous call (when the page is built, before the
+event loop serves).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The Blocks factory: the page's layout and which event runs which handler.
 
-`build_demo(settings, service)` only lays out and wires: what each event does is in
-ui_handlers.py (the chat) and ui_api.py (the public API); every handler names the components
-it updates (dict returns keyed by `UI` fields), never their position.
+`build_demo(settings, service)` only lays out and wires. What each event does is in
+ui_handlers.py (the chat, settings, keys), ui_conversations.py (the list) and ui_api.py (the
+public API); every handler names the components it updates (dict returns keyed by `UI`
+fields), never their position.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from config import DEFAULT_ROLE, Settings
 from images import DETAILS
 from ui_api import ApiHandlers
 from ui_assets import EXAMPLES, EXAMPLES_DIR, LATEX, STORAGE_KEY
-from ui_handlers import Handlers, browser_secret, upload_dir
+from ui_conversations import ConversationHandlers
+from ui_handlers import Handlers
+from ui_state import browser_secret, upload_dir
 from ui_text import i18n
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
@@ -37,7 +40,7 @@ class UI:
     prompts: gr.BrowserState
     tab_keys: gr.State
     conversation_id: gr.State
-    pending: gr.State  # the message being answered: the box is emptied at once
+    pending: gr.MultimodalTextbox  # hidden: the message being answered
     edit_data: gr.State  # an edit event's data, for the streaming step after it
     outcome: gr.State  # what a streamed turn ended with, for the step after it
     # Sidebar.
@@ -109,11 +112,12 @@ def build_demo(settings: Settings, service: ChatService) -> gr.Blocks:
         delete_cache=(min(3600, max_age_s), max_age_s),
     ) as demo:
         ui = _layout(settings, service, secret)
-        handlers = Handlers(ui, service, settings, upload_dir() / "chat-exports")
+        handlers = Handlers(ui, service, settings)
+        conversations = ConversationHandlers(ui, service, settings, upload_dir() / "chat-exports")
         _wire_session(demo, ui, handlers)
         _wire_turns(ui, handlers)
-        _wire_conversations(ui, handlers)
-        ApiHandlers(service, handlers.exports).register()
+        _wire_conversations(ui, conversations)
+        ApiHandlers(service, conversations.exports).register()
     return demo
 
 
@@ -131,7 +135,9 @@ def _layout(settings: Settings, service: ChatService, secret: str) -> UI:
         "prompts": gr.BrowserState({}, storage_key=f"{STORAGE_KEY}-prompts", secret=secret),
         "tab_keys": gr.State({}),
         "conversation_id": gr.State(""),
-        "pending": gr.State(None),
+        # The message being answered (the input box empties at once): its value stays in the
+        # browser until the stream reads it.
+        "pending": gr.MultimodalTextbox(visible=False, file_count="multiple"),
         "edit_data": gr.State(None),
         "outcome": gr.State(None),
     }
@@ -381,44 +387,55 @@ def _wire_session(demo: gr.Blocks, ui: UI, h: Handlers) -> None:
 
 
 def _wire_turns(ui: UI, h: Handlers) -> None:
-    """A turn: take its input (server, unqueued), busy controls (browser), the stream into the
-    chat alone, the bookkeeping after it (list, id, usage), idle controls (browser)."""
+    """A turn: busy controls (in the browser), the stream into the chat alone, the
+    bookkeeping after it (list, id, usage), idle controls (in the browser). Each server step
+    costs a queue round and a component rebuild per output it skips, so there are two."""
     turn_in = {ui.conversation_id, ui.browser, *ui.turn_settings()}
     streamed = [ui.chatbot, ui.outcome]
-    finished = [ui.conversation_id, ui.chat_input, ui.conversations, ui.browser, ui.usage_total]
+    finished = [
+        ui.conversation_id,
+        ui.chat_input,
+        ui.conversations,
+        ui.browser,
+        ui.usage_total,
+        ui.outcome,
+    ]
 
-    def wire(started: Any, stream: Any, inputs: set) -> Any:
+    def stream_after(started: Any, stream: Any, inputs: set) -> Any:
         busy = started.then(h.show_busy, None, ui.busy_controls(), **IN_BROWSER)
+        return _stream_then_finish(busy, stream, inputs)
+
+    def _stream_then_finish(busy: Any, stream: Any, inputs: set) -> Any:
         streaming = busy.then(stream, inputs, streamed, **PRIVATE)
-        streaming.then(h.finish_turn, {ui.outcome, ui.browser}, finished, **PRIVATE).then(
-            h.show_idle, None, ui.busy_controls(), **IN_BROWSER
-        )
+        streaming.then(
+            h.finish_turn, {ui.outcome, ui.browser, ui.conversation_id}, finished, **PRIVATE
+        ).then(h.show_idle, None, ui.busy_controls(), **IN_BROWSER)
         return streaming
 
-    taken = [ui.chat_input, ui.pending, ui.outcome]
-    submitted = wire(
+    # Submit: the message moves to the hidden `pending` box and the input empties, in the
+    # browser (no server step); the stream reads it from there.
+    submitted = stream_after(
         ui.chat_input.submit(
-            h.take_message, {ui.chat_input, ui.conversation_id}, taken, queue=False, **PRIVATE
+            None,
+            ui.chat_input,
+            [ui.pending, ui.chat_input],
+            js='(message) => [message, {"text": "", "files": []}]',
+            show_progress="hidden",
+            **PRIVATE,
         ),
         h.respond,
         {ui.pending, ui.chatbot, *turn_in},
     )
-    retried = wire(
-        ui.retry_btn.click(h.start_turn, {ui.conversation_id}, ui.outcome, queue=False, **PRIVATE),
-        h.retry,
-        turn_in,
+    retried = _stream_then_finish(
+        ui.retry_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER), h.retry, turn_in
     )
-    compared = wire(
-        ui.compare_btn.click(
-            h.start_turn, {ui.conversation_id}, ui.outcome, queue=False, **PRIVATE
-        ),
+    compared = _stream_then_finish(
+        ui.compare_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER),
         h.compare,
         turn_in,
     )
-    edited = wire(
-        ui.chatbot.edit(
-            h.begin_edit, {ui.conversation_id}, [ui.edit_data, ui.outcome], queue=False, **PRIVATE
-        ),
+    edited = stream_after(
+        ui.chatbot.edit(h.begin_edit, None, ui.edit_data, queue=False, **PRIVATE),
         h.edit,
         {ui.edit_data, *turn_in},
     )
@@ -427,7 +444,7 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
         None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE
     ).then(
         h.after_stop,
-        {ui.outcome, ui.browser},
+        {ui.outcome, ui.browser, ui.conversation_id},
         [ui.chatbot, *finished],
         **PRIVATE,
     ).then(h.show_idle, None, ui.busy_controls(), **IN_BROWSER)
@@ -439,7 +456,7 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
     )
 
 
-def _wire_conversations(ui: UI, h: Handlers) -> None:
+def _wire_conversations(ui: UI, h: ConversationHandlers) -> None:
     opened = [ui.chatbot, ui.conversation_id, ui.browser, ui.conversations, ui.usage_total]
     ui.new_chat_btn.click(h.new_chat, {ui.browser}, [*opened, ui.chat_input], **PRIVATE)
     ui.conversations.input(

@@ -1,6 +1,7 @@
-"""What each event of the page does. Every handler takes its inputs by component (Gradio
-passes a dict when an event's inputs are a set) and returns a dict of the components it
-updates; a component it leaves out is left as it is.
+"""What each event of the page does, but for the conversation list (ui_conversations.py).
+Every handler takes its inputs by component (Gradio passes a dict when an event's inputs are
+a set) and returns a dict of the components it updates; a component it leaves out is left as
+it is.
 
 The turn's own work (validate, store, stream, save) is chat.ChatService's; these only turn
 its snapshots into what the page shows.
@@ -8,80 +9,20 @@ its snapshots into what the page shows.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import secrets
-import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
 import gradio as gr
 
 import ui_options
-from chat import ChatError, ChatService, TurnRequest, TurnUpdate
+from chat import ChatError, TurnRequest, TurnUpdate
 from chat_view import display_answer, display_user
-from config import CUSTOM_ROLE, DEFAULT_ROLE, ROLES, Settings
-from exports import ExportFiles
-from history import HistoryUnavailable, app_secret_from_redis, is_valid_id, new_id
+from config import CUSTOM_ROLE
+from history import HistoryUnavailable, is_valid_id
 from http_guards import client_ip
 from markup_text import safe_markdown
-from token_usage import conversation_usage
-
-if TYPE_CHECKING:
-    from ui import UI
-
-log = logging.getLogger("app")
-Update = dict[Any, Any]  # component -> its new value or gr.update
-
-
-def browser_secret(settings: Settings) -> str:
-    """The BrowserState secret: stable across restarts and replicas, or the ids would change."""
-    if settings.app_secret:
-        return settings.app_secret
-    if settings.redis_url:
-        try:
-            return app_secret_from_redis(settings.redis_url)
-        except HistoryUnavailable as exc:
-            raise SystemExit(str(exc)) from None
-    return secrets.token_hex(32)  # embedded store: history dies with the process anyway
-
-
-def upload_dir() -> Path:
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-
-
-def browser_id_of(state: Mapping | None) -> str:
-    browser_id = (state or {}).get("browser_id", "")
-    return browser_id if is_valid_id(browser_id) else new_id()
-
-
-def usage_line(messages: Sequence[dict]) -> str:
-    line = conversation_usage(messages)
-    return f"**Usage · 用量:** {line}" if line else ""
-
-
-def answer_view(update: TurnUpdate) -> list[dict]:
-    """The answer of a snapshot as Chatbot messages (thinking, answer, notice)."""
-    return display_answer(
-        update.answer,
-        update.reasoning,
-        status=update.status,
-        error=update.error,
-        streaming=not update.done,
-        usage=update.usage if update.done else None,
-    )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a streamed turn left for the step after it (Stop, or the bookkeeping)."""
-
-    conversation_id: str = ""
-    usage: str | None = None  # the conversation's usage line, when the turn ended with it
-    restore: dict | None = None  # a refused message, put back into the input box
+from ui_state import HandlerBase, Outcome, Update, answer_view, browser_id_of, usage_line
 
 
 # Run in the browser (Gradio transpiles them to JavaScript): such a step takes no inputs and
@@ -111,20 +52,10 @@ def enable_input() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(interactive=True)
 
 
-class Handlers:
+class Handlers(HandlerBase):
     show_busy = staticmethod(show_busy)
     show_idle = staticmethod(show_idle)
     enable_input = staticmethod(enable_input)
-
-    def __init__(self, ui: UI, service: ChatService, settings: Settings, export_root: Path) -> None:
-        self.ui, self.service, self.settings = ui, service, settings
-        self.providers: Any = service.providers
-        # Exports live in Gradio's cache (so the File component can serve them), each in a
-        # folder named by random bits; they expire and go when their conversation does.
-        self.exports = ExportFiles(export_root)
-        self.settings_outputs = [
-            ui.role, ui.provider, ui.model, ui.temperature, ui.top_p, ui.max_tokens
-        ]  # fmt: skip
 
     # -- page load and settings -----------------------------------------------------------
     async def on_load(self, data: dict) -> Update:
@@ -151,28 +82,6 @@ class Handlers:
             ui.saved_prompt: gr.Dropdown(choices=sorted(prompts or {}), value=None),
             ui.tab_keys: ui_options.user_keys(keys),  # remembered keys are this tab's too
             ui.remember_keys: gr.Checkbox(value=bool(ui_options.user_keys(keys))),
-        }
-
-    def settings_for(self, meta: Mapping, keys: Mapping | None = None) -> Update:
-        """Role, provider, model and sampling as the conversation left them (or defaults)."""
-        ui, providers = self.ui, self.providers
-        role = meta.get("role") if meta.get("role") in {*ROLES, CUSTOM_ROLE} else DEFAULT_ROLE
-        choices = ui_options.provider_choices(providers, keys)
-        provider_id = meta.get("provider", "")
-        if provider_id not in {pid for _, pid in choices}:
-            provider_id = providers.default_id
-        model = meta.get("model") or providers.get(provider_id).default_model
-        # An older conversation may have asked for more than MAX_OUTPUT_TOKENS now allows.
-        max_tokens = min(int(_number(meta, "max_tokens", 0)), self.settings.max_output_tokens)
-        return {
-            ui.role: gr.Dropdown(value=role),
-            ui.provider: gr.Dropdown(choices=choices, value=provider_id),
-            ui.model: gr.Dropdown(
-                choices=ui_options.model_choices(providers, provider_id), value=model
-            ),
-            ui.temperature: gr.Slider(value=_number(meta, "temperature", 0.7)),
-            ui.top_p: gr.Slider(value=_number(meta, "top_p", 1.0)),
-            ui.max_tokens: gr.Number(value=max_tokens),
         }
 
     def on_provider_change(self, provider_id: str) -> Update:
@@ -297,25 +206,10 @@ class Handlers:
             client_ip=client_ip(http),
         )
 
-    def take_message(self, data: dict) -> Update:
-        """Submit: the box empties at once; the message waits in `pending` for the stream."""
-        ui = self.ui
-        return {
-            ui.chat_input: None,
-            ui.pending: data[ui.chat_input],
-            ui.outcome: Outcome(data[ui.conversation_id]),
-        }
-
-    def start_turn(self, data: dict) -> Update:
-        return {self.ui.outcome: Outcome(data[self.ui.conversation_id])}
-
-    def begin_edit(self, data: dict, edited: gr.EditData) -> Update:
+    def begin_edit(self, edited: gr.EditData) -> Update:
         """The edit event's data (index, new text), kept for the streaming step after it:
         Gradio gives event data only to the step the event itself triggers."""
-        return {
-            self.ui.edit_data: {"index": edited.index, "value": edited.value},
-            self.ui.outcome: Outcome(data[self.ui.conversation_id]),
-        }
+        return {self.ui.edit_data: {"index": edited.index, "value": edited.value}}
 
     async def respond(self, data: dict, http: gr.Request) -> AsyncIterator[Update]:
         ui = self.ui
@@ -346,6 +240,7 @@ class Handlers:
         request = self.turn_request(data, http)
         if not request.conversation_id:
             gr.Info("Nothing to answer again yet: send a message first.")
+            yield gr.skip()
             return
         updates = self.service.retry(request, keep_previous=keep_previous)
         async for update in self._stream(updates, request):
@@ -355,6 +250,7 @@ class Handlers:
         """The user edited one of their messages in the chat: answer again from there."""
         edited, request = data[self.ui.edit_data], self.turn_request(data, http)
         if not request.conversation_id or not edited:
+            yield gr.skip()
             return
         index = edited["index"] if isinstance(edited["index"], int) else edited["index"][0]
         value = edited["value"]
@@ -374,42 +270,64 @@ class Handlers:
         A refusal becomes an inline notice and a toast, and the message goes back into the
         box (Outcome.restore): nothing the user typed is lost."""
         ui = self.ui
-        outcome = Outcome(request.conversation_id)
+        # The outcome State is empty when a turn starts (finish_turn and after_stop empty it).
+        # It is sent only when it changes (each set rebuilds its config in the session): when
+        # the stream starts, when a new conversation gets its id, and at the end.
+        sent, outcome = None, Outcome(request.conversation_id)
         above, last = shown or [], None
+
+        def chat(value: list[dict]) -> Update:
+            nonlocal sent
+            update: Update = {ui.chatbot: value}
+            if outcome != sent:  # (Outcome | None)
+                update[ui.outcome] = sent = outcome
+            return update
+
         try:
             async for update in updates:
                 last = update
-                outcome = Outcome(update.conversation_id or outcome.conversation_id)
-                if update.messages is not None:
-                    stored = await self.service.display(
+                outcome = replace(
+                    outcome, conversation_id=update.conversation_id or outcome.conversation_id
+                )
+                if update.done and update.messages is not None:
+                    # Saved: the stored truth (receipts, usage), and the conversation's usage.
+                    outcome = replace(outcome, usage=usage_line(update.messages))
+                    cid = outcome.conversation_id
+                    yield chat(await self.service.display(cid, list(update.messages)))
+                    continue
+                if update.messages is not None and shown is None:
+                    # A retry or an edit: the conversation it answers, as stored now. (A new
+                    # message shows what the browser had, plus the message: redrawn at the end
+                    # only, since each redraw of a long chat moves its 40-message window.)
+                    above = await self.service.display(
                         outcome.conversation_id, list(update.messages)
                     )
-                    if update.done:  # saved: the stored truth, with the conversation's usage
-                        outcome = replace(outcome, usage=usage_line(update.messages))
-                        yield {ui.chatbot: stored, ui.outcome: outcome}
-                        continue
-                    above = stored
-                yield {ui.chatbot: [*above, *answer_view(update)], ui.outcome: outcome}
+                yield chat([*above, *answer_view(update)])
             if last is not None and last.error:
                 gr.Warning(last.error)
         except ChatError as exc:
             gr.Warning(str(exc))
             if shown is None:  # a retry or an edit refused: the chat stays as it is
-                yield {ui.outcome: outcome}
+                yield gr.skip()  # (a stream that never yields would blank its outputs)
                 return
-            notice = display_answer("", status="error", error=str(exc))
-            yield {ui.chatbot: [*shown, *notice], ui.outcome: replace(outcome, restore=message)}
+            outcome = replace(outcome, restore=message)
+            yield chat([*shown, *display_answer("", status="error", error=str(exc))])
 
     async def finish_turn(self, data: dict) -> Update:
-        """After the stream: the conversation's id, the list, its usage, a refused message."""
-        ui, outcome = self.ui, data[self.ui.outcome] or Outcome()
+        """After the stream: the conversation's id, the list, its usage, the input box (a
+        refused message back in it, else empty). Every output gets a value: a skipped one
+        would cost a component rebuild."""
+        ui = self.ui
+        shown_cid = data[ui.conversation_id]
+        outcome = data[ui.outcome] or Outcome(shown_cid)
         browser_id, cid = browser_id_of(data[ui.browser]), outcome.conversation_id
         update: Update = {
-            ui.conversation_id: cid,
             ui.browser: {"browser_id": browser_id, "conversation_id": cid},
+            ui.chat_input: gr.MultimodalTextbox(value=outcome.restore) if outcome.restore else None,
+            ui.outcome: None,  # the next turn starts from nothing
         }
-        if outcome.restore:
-            update[ui.chat_input] = gr.MultimodalTextbox(value=outcome.restore)
+        if cid != shown_cid:
+            update[ui.conversation_id] = cid
         if outcome.usage is not None:
             update[ui.usage_total] = outcome.usage
         try:
@@ -420,15 +338,14 @@ class Handlers:
 
     async def after_stop(self, data: dict) -> Update:
         """Stopped: the stream never reached its last snapshot; show what was stored."""
-        ui, outcome = self.ui, data[self.ui.outcome] or Outcome()
+        ui = self.ui
+        cid = (data[ui.outcome] or Outcome(data[ui.conversation_id])).conversation_id
         update = await self.finish_turn(data)
         try:
-            opened = await self.service.open(
-                browser_id_of(data[ui.browser]), outcome.conversation_id
-            )
+            opened = await self.service.open(browser_id_of(data[ui.browser]), cid)
             if opened:
                 messages = list(opened.messages)
-                update[ui.chatbot] = await self.service.display(outcome.conversation_id, messages)
+                update[ui.chatbot] = await self.service.display(cid, messages)
                 update[ui.usage_total] = usage_line(messages)
         except (ChatError, HistoryUnavailable) as exc:
             gr.Warning(str(exc))
@@ -453,115 +370,3 @@ class Handlers:
             ui.chat_input: gr.MultimodalTextbox(value=restored),
             ui.usage_total: usage_line(messages),
         }
-
-    # -- conversations ---------------------------------------------------------------------------
-    async def conversation_list(self, browser_id: str, selected: str | None) -> gr.Radio:
-        """The browser's conversations, newest first, with `selected` (None: none) chosen."""
-        items = await (await self.service.store()).list_conversations(browser_id)
-        choices = [(c.get("title") or "New chat", c["id"]) for c in items]
-        return gr.Radio(choices=choices, value=selected)
-
-    def _opened(self, browser_id: str, cid: str, shown: list, listing: Any, usage: str) -> Update:
-        ui = self.ui
-        return {
-            ui.chatbot: shown,
-            ui.conversation_id: cid,
-            ui.browser: {"browser_id": browser_id, "conversation_id": cid},
-            ui.conversations: listing,
-            ui.usage_total: usage,
-        }
-
-    async def open_conversation(self, data: dict) -> Update:
-        ui = self.ui
-        browser_id, cid = browser_id_of(data[ui.browser]), data[ui.conversations]
-        opened = await self.service.open(browser_id, cid) if is_valid_id(cid or "") else None
-        if opened is None:
-            return {}
-        messages = list(opened.messages)
-        shown = await self.service.display(cid, messages)
-        return {
-            **self._opened(browser_id, cid, shown, gr.skip(), usage_line(messages)),
-            **self.settings_for(opened.meta, data[ui.tab_keys]),
-        }
-
-    def new_chat(self, data: dict) -> Update:
-        browser_id = browser_id_of(data[self.ui.browser])
-        return {
-            **self._opened(browser_id, "", [], gr.Radio(value=None), ""),
-            self.ui.chat_input: gr.MultimodalTextbox(value=None),
-        }
-
-    async def delete_current(self, data: dict) -> Update:
-        ui = self.ui
-        browser_id, cid = browser_id_of(data[ui.browser]), data[ui.conversation_id]
-        store = await self.service.store()
-        if cid and await store.owns(browser_id, cid):
-            await store.delete_conversation(cid)
-            await asyncio.to_thread(self.exports.forget, cid)
-            gr.Info("Conversation deleted.")
-        listing = await self.conversation_list(browser_id, None)
-        return self._opened(browser_id, "", [], listing, "")
-
-    async def show_current(self, data: dict) -> Update:
-        """The open conversation's title; previous exports are hidden."""
-        cid = data[self.ui.conversation_id]
-        meta = await (await self.service.store()).get_meta(cid) if cid else None
-        return {
-            self.ui.title: gr.Textbox(value=(meta or {}).get("title", "")),
-            self.ui.exported: gr.File(value=None, visible=False),
-        }
-
-    async def rename(self, data: dict) -> Update:
-        ui = self.ui
-        browser_id, cid = browser_id_of(data[ui.browser]), data[ui.conversation_id]
-        title = " ".join((data[ui.title] or "").split())[:80]
-        store = await self.service.store()
-        if not (cid and title and await store.owns(browser_id, cid)):
-            return {}
-        await store.update_meta(cid, title=title)
-        gr.Info(f"Renamed to “{title}”.")
-        return {ui.conversations: await self.conversation_list(browser_id, cid)}
-
-    async def export_files(self, data: dict) -> Update:
-        """Markdown and JSON (with images) files of the open conversation, for download."""
-        ui = self.ui
-        cid, store = data[ui.conversation_id], await self.service.store()
-        if not (cid and await store.owns(browser_id_of(data[ui.browser]), cid)):
-            gr.Info("Send a message first: there is nothing to export yet.")
-            return {ui.exported: gr.File(visible=False)}
-        meta = await store.get_meta(cid) or {}
-        exported = await store.export_json(cid)
-        markdown = await store.export_markdown(cid)
-        # In a worker thread: with images an export is megabytes to encode and write, which
-        # on the event loop would stall every other user's stream meanwhile.
-        files = await asyncio.to_thread(
-            self.exports.write, cid, meta.get("title", ""), markdown or "", exported
-        )
-        return {ui.exported: gr.File(value=files, visible=True)}
-
-    async def import_file(self, data: dict, http: gr.Request) -> Update:
-        """A JSON export becomes a new conversation of this browser, and is opened."""
-        ui = self.ui
-        browser_id, file = browser_id_of(data[ui.browser]), data[ui.import_btn]
-        try:
-            text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")  # off the loop
-            cid = await self.service.import_conversation(text, browser_id, client_ip(http))
-            opened = await self.service.open(browser_id, cid)
-        except (ChatError, HistoryUnavailable) as exc:  # a budget, the storage quota, Redis
-            gr.Warning(str(exc))
-            return {}
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            gr.Warning(f"Import failed: {exc}")
-            return {}
-        gr.Info("Conversation imported.")
-        messages = list(opened.messages) if opened else []
-        shown = await self.service.display(cid, messages)
-        listing = await self.conversation_list(browser_id, cid)
-        return self._opened(browser_id, cid, shown, listing, usage_line(messages))
-
-
-def _number(meta: Mapping, name: str, default: float) -> float:
-    try:
-        return float(meta.get(name) or default)
-    except ValueError:
-        return default

@@ -273,6 +273,7 @@ class Dep:
     outputs: list[int]
     queue: bool
     backend: bool  # False: a js-only step, nothing for the server to run
+    js: str | None  # a JavaScript-only step's code
     api_name: str | None
     after: int | None
     only_success: bool
@@ -301,6 +302,7 @@ class Page:
                 queue=d.get("queue") is not False,
                 # js=True steps run in the browser (Gradio transpiles them), not on the server
                 backend=bool(d.get("backend_fn", True)) and not d.get("js_implementation"),
+                js=None if d.get("backend_fn", True) else d.get("js"),
                 api_name=d.get("api_name"),
                 after=d.get("trigger_after"),
                 only_success=bool(d.get("trigger_only_on_success")),
@@ -424,9 +426,18 @@ class Session:
         pending = self.page.triggered_by(target, event)
         while pending:
             dep = pending.pop(0)
+            if dep.js and len(dep.inputs) == 1 and dep.outputs[1:] == dep.inputs:
+                self._move(dep)
             ok = not dep.backend or await self.call(dep, run, extract, trigger=target)
             pending += self.page.followers(dep, ok)
         return run
+
+    def _move(self, dep: Dep) -> None:
+        """This app's one JavaScript-only step, `(message) => [message, empty]`: the message
+        moves from the input box into a hidden one, which the stream reads."""
+        (source,) = dep.inputs
+        self.values[dep.outputs[0]] = self.values.get(source)
+        self.values[source] = {"text": "", "files": []}
 
     async def open_page(self) -> None:
         """What a browser does when the page loads: the load events and what they chain."""

@@ -77,7 +77,7 @@ def app(history_redis, upstream, hanging_port, refused_url):
         MOONSHOT_BASE_URL=f"http://127.0.0.1:{hanging_port}/v1",  # connect() hangs
         PROVIDER_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
         PROVIDER_CONNECT_TIMEOUT_SECONDS="0.3",
-        RATE_LIMIT_PER_MINUTE="0",  # rate limits have their own app in test_limits.py
+        RATE_LIMIT_PER_MINUTE="0",  # rate limits have their own tests in test_rate_limits.py
     )
     with AppServer(env) as server:
         yield server

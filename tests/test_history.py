@@ -124,7 +124,6 @@ async def test_malformed_ids_are_refused(store):
         store.append_turn(bad, [user("x")]),
         store.append_turn(history.new_id(), [user("x")], browser_id=bad),
         store.pop_messages(bad, 1),
-        store.replace_last_message(bad, user("x")),
         store.update_meta(bad, title="x"),
         store.delete_conversation(bad),
         store.export_json(bad),
@@ -153,8 +152,6 @@ async def test_unknown_ids_give_none_or_empty(store):
     await store.update_meta(cid, title="ghost")
     with pytest.raises(UnknownConversation, match="deleted or expired"):
         await store.append_turn(cid, [user("lost?")])
-    with pytest.raises(UnknownConversation):
-        await store.replace_last_message(cid, user("lost?"))
     assert await keys_of(store) == []  # nothing was created by any of these
 
 
@@ -274,15 +271,12 @@ async def test_trim_at_max_messages(store, request):
         await small.close()
 
 
-async def test_pop_and_replace(store):
+async def test_pop(store):
     cid = await store.create_conversation(history.new_id())
-    with pytest.raises(ValueError, match="no message"):
-        await store.replace_last_message(cid, user("nothing yet"))
+    assert await store.pop_messages(cid, 1) == []
     await store.append_turn(cid, [user("q1"), {"role": "assistant", "content": "a1"}])
-    await store.append_turn(cid, [user("q2"), {"role": "assistant", "content": "partial"}])
     done = {"role": "assistant", "content": "a2 complete", "complete": True}
-    await store.replace_last_message(cid, done)
-    assert (await store.get_messages(cid))[-1] == done
+    await store.append_turn(cid, [user("q2"), done])
     assert await store.pop_messages(cid, 2) == [user("q2"), done]
     assert await store.get_messages(cid) == [user("q1"), {"role": "assistant", "content": "a1"}]
     assert await store.pop_messages(cid, 0) == []
@@ -589,7 +583,6 @@ async def test_redis_down_mid_session_then_back():
             store.create_conversation(browser),
             store.owns(browser, cid),
             store.pop_messages(cid, 1),
-            store.replace_last_message(cid, user("x")),
             store.update_meta(cid, title="x"),
             store.delete_conversation(cid),
             store.get_image("1" * 64),
@@ -604,7 +597,7 @@ async def test_redis_down_mid_session_then_back():
             messages.append(str(caught.value))
         assert all(m.startswith("History store (Redis) is unreachable;") for m in messages)
         assert messages[0].endswith("your message was not saved. Try again in a moment.")
-        assert messages[9].endswith("nothing was changed. Try again in a moment.")  # delete
+        assert messages[8].endswith("nothing was changed. Try again in a moment.")  # delete
         assert await store.ping() is False
         assert time.monotonic() - started < 10  # fails fast, not after long timeouts
 

@@ -79,10 +79,10 @@ def default_app(upstream):
 
 
 def test_a_turn_streams_into_the_chat_alone_with_busy_and_idle_in_the_browser(default_app):
-    """Sending a message: the box is emptied by an unqueued step, the busy and idle states of
-    the input and buttons are set in the browser (transpiled to JavaScript), the stream
-    updates only the Chatbot (and a server-side State), and the bookkeeping (the list, the
-    conversation id, the usage) runs once, after it."""
+    """A turn is two server steps: the stream, which updates only the Chatbot (and a
+    server-side State), and the bookkeeping after it (the list, the conversation id, the
+    usage). Moving the message out of the input box and the busy and idle states of the
+    input and buttons happen in the browser."""
     config = httpx.get(f"{default_app.url}config", timeout=30).json()
     deps = config["dependencies"]
     components = {c["id"]: c for c in config["components"]}
@@ -91,11 +91,17 @@ def test_a_turn_streams_into_the_chat_alone_with_busy_and_idle_in_the_browser(de
     def followers(dep: dict) -> list[dict]:
         return [d for d in deps if d.get("trigger_after") == dep["id"]]
 
-    for target, event in ((ids["chat-input"], "submit"), (ids["retry"], "click")):
-        (taken,) = [d for d in deps if [target, event] in d["targets"]]
-        assert taken["backend_fn"] and taken["queue"] is False
-        (busy,) = followers(taken)
-        assert "show_busy" in (busy.get("js_implementation") or "")
+    def in_browser(dep: dict, name: str) -> bool:  # transpiled Python, or JavaScript only
+        return name in (dep.get("js_implementation") or "") or (
+            not dep["backend_fn"] and name in (dep.get("js") or "")
+        )
+
+    (taken,) = [d for d in deps if [ids["chat-input"], "submit"] in d["targets"]]
+    assert in_browser(taken, "message") and not taken["backend_fn"]
+    (submit_busy,) = followers(taken)
+    (retry_busy,) = [d for d in deps if [ids["retry"], "click"] in d["targets"]]
+    for busy in (submit_busy, retry_busy):
+        assert in_browser(busy, "show_busy")
         (stream,) = followers(busy)
         assert stream["backend_fn"] and stream["types"]["generator"]
         shown = [components[i]["type"] for i in stream["outputs"]]
@@ -103,7 +109,7 @@ def test_a_turn_streams_into_the_chat_alone_with_busy_and_idle_in_the_browser(de
         (finish,) = followers(stream)
         assert finish["backend_fn"] and not finish["types"]["generator"]
         (idle,) = followers(finish)
-        assert "show_idle" in (idle.get("js_implementation") or "")
+        assert in_browser(idle, "show_idle")
 
 
 def test_two_chats_stream_at_the_same_time(default_app, upstream):

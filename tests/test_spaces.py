@@ -110,7 +110,6 @@ def test_sdk_version_is_within_the_gradio_range_and_tested():
     assert meta["sdk_version"] in pin.specifier, (pin, meta["sdk_version"])
     assert str(pin.specifier) in (">=6.31,<7", "<7,>=6.31"), pin.specifier
     assert meta["sdk_version"] in gradio_compat.TESTED
-    assert importlib.metadata.version("gradio") in gradio_compat.TESTED, "tested on this one"
 
 
 def test_python_version_is_a_quoted_version_the_code_runs_on():
