@@ -169,6 +169,8 @@ def test_unknown_choices_name_the_valid_ones(client):
     assert "no longer exists" in str(cid)
     bad = check(lambda: client.predict(message="hi", conversation_id="xyz", api_name="/chat"))
     assert "not valid" in str(bad)
+    images = check(lambda: client.predict(message="hi", images=5, api_name="/chat"))
+    assert "images must be a list of uploaded image files" in str(images)
 
 
 def test_raw_protocol_junk_is_refused_without_a_traceback(app):
