@@ -18,7 +18,14 @@ from chat import ChatService
 from config import DEFAULT_ROLE, Settings
 from images import DETAILS
 from ui_api import ApiHandlers
-from ui_assets import EXAMPLES, EXAMPLES_DIR, LATEX, STORAGE_KEY
+from ui_assets import (
+    CONVERSATION_URL_JS,
+    EXAMPLES,
+    EXAMPLES_DIR,
+    LATEX,
+    PAGE_LOADED_JS,
+    STORAGE_KEY,
+)
 from ui_conversations import ConversationHandlers
 from ui_handlers import Handlers
 from ui_state import browser_secret, upload_dir
@@ -350,8 +357,9 @@ def _wire_session(demo: gr.Blocks, ui: UI, h: Handlers) -> None:
         ],
         **PRIVATE,
     ).then(h.enable_input, None, ui.chat_input, **IN_BROWSER).then(
-        None, js="() => document.querySelector('#chat-input textarea')?.focus()", **PRIVATE
+        None, ui.browser, None, js=PAGE_LOADED_JS, **PRIVATE
     )
+    ui.browser.change(None, ui.browser, None, js=CONVERSATION_URL_JS, **PRIVATE)
     ui.provider.change(h.on_provider_change, ui.provider, ui.model, **PRIVATE)
     ui.role.change(h.on_role_change, ui.role, ui.custom_group, **PRIVATE)
     ui.saved_prompt.input(

@@ -69,3 +69,24 @@ EXAMPLES: list[Any] = [
     },
     {"text": "Solve step by step: $x^2 - 5x + 6 = 0$", "display_text": "➗ Solve x² − 5x + 6 = 0"},
 ]
+
+# The page's address names the open conversation (`?c=<id>`), so a reload, a bookmark or a
+# second tab of this browser opens it. Runs in the browser whenever the browser state changes,
+# once the page's load event has read the address (before it, the state restored from
+# localStorage would overwrite the link being opened).
+CONVERSATION_URL_JS = """
+(state) => {
+  if (!window.mmchatLoaded) return [];
+  const cid = (state && state.conversation_id) || "";
+  const url = new URL(window.location.href);
+  if (cid) url.searchParams.set("c", cid); else url.searchParams.delete("c");
+  if (url.href !== window.location.href) window.history.replaceState(null, "", url);
+  return [];
+}
+"""
+# The last step of the page's load: the address may follow the conversation from now on; the
+# input box gets the focus.
+PAGE_LOADED_JS = (
+    "(state) => { window.mmchatLoaded = true; (" + CONVERSATION_URL_JS.strip() + ")(state);"
+    " document.querySelector('#chat-input textarea')?.focus(); return []; }"
+)

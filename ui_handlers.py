@@ -52,19 +52,31 @@ def enable_input() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(interactive=True)
 
 
+def linked_conversation(http: gr.Request | None) -> str:
+    """The conversation id in the page's address (`?c=<id>`), or ""."""
+    value = (http.query_params.get("c") or "").strip() if http is not None else ""
+    return value if is_valid_id(value) else ""
+
+
 class Handlers(HandlerBase):
     show_busy = staticmethod(show_busy)
     show_idle = staticmethod(show_idle)
     enable_input = staticmethod(enable_input)
 
     # -- page load and settings -----------------------------------------------------------
-    async def on_load(self, data: dict) -> Update:
-        """Give the browser its id and reopen the conversation it had open."""
+    async def on_load(self, data: dict, http: gr.Request) -> Update:
+        """Give the browser its id and reopen a conversation: the one the page's address
+        names (`?c=<id>`: a bookmark, a second tab), else the one it had open."""
         ui, state = self.ui, data[self.ui.browser]
         browser_id = browser_id_of(state)
-        cid = (state or {}).get("conversation_id", "")
+        linked = linked_conversation(http)
+        cid = linked or (state or {}).get("conversation_id", "")
         try:
             opened = await self.service.open(browser_id, cid) if is_valid_id(cid) else None
+            if linked and opened is None:  # not this browser's: its own last one instead
+                gr.Info("That link names a conversation this browser does not have.")
+                cid = (state or {}).get("conversation_id", "")
+                opened = await self.service.open(browser_id, cid) if is_valid_id(cid) else None
             cid = cid if opened else ""
             shown = await self.service.display(cid, list(opened.messages)) if opened else []
             listing = await self.conversation_list(browser_id, cid or None)

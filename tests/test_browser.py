@@ -251,6 +251,32 @@ def test_reload_shows_the_same_list_and_conversation_with_images(chat, images):
     shot(chat.page, "after-reload")
 
 
+def test_the_address_names_the_open_conversation(app, new_context):
+    """`?c=<id>` follows the open conversation; a bookmark or a second tab of the same browser
+    opens it; another browser's link opens nothing of the other browser."""
+    context = new_context()
+    chat = ChatPage(context.new_page(), app.url).open()
+    assert "c=" not in chat.page.url
+    chat.send("The first chat")
+    chat.page.wait_for_function("() => new URL(location).searchParams.get('c')")
+    first = chat.page.evaluate("() => new URL(location).searchParams.get('c')")
+    chat.new_chat()
+    chat.page.wait_for_function("() => !new URL(location).searchParams.get('c')")
+    chat.send("The second chat")
+    chat.page.wait_for_function(f"() => new URL(location).searchParams.get('c') !== '{first}'")
+    # A second tab of this browser, from a bookmark of the first chat.
+    tab = ChatPage(context.new_page(), f"{app.url}?c={first}").open()
+    tab.wait_for_answer("Echo: The first chat")
+    assert tab.user_texts() == ["The first chat"]
+    # Another browser with that link: not its conversation, so nothing of it shows.
+    other = ChatPage(new_context().new_page(), f"{app.url}?c={first}").open()
+    assert other.user_texts() == [] and "The first chat" not in other.chat_text()
+    assert "does not have" in other.toast()
+    # A junk id is ignored.
+    junk = ChatPage(context.new_page(), f"{app.url}?c=../../etc").open()
+    assert junk.page.locator(INPUT).is_enabled()
+
+
 def test_two_browsers_never_see_each_others_conversations(app, new_context):
     alice = ChatPage(new_context().new_page(), app.url).open()
     bob = ChatPage(new_context().new_page(), app.url).open()
