@@ -19,12 +19,6 @@ from dataclasses import dataclass
 
 from dotenv import find_dotenv, load_dotenv
 
-# Prices are model facts (model_facts.py); "as" re-exports them here, next to the settings.
-from model_facts import PRICES_FILE as PRICES_FILE
-from model_facts import Price as Price
-from model_facts import load_prices as load_prices
-from model_facts import price_of as price_of
-
 VERSION = "1.0.0"  # reported by GET /health
 
 

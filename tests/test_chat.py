@@ -17,7 +17,8 @@ from PIL import Image
 
 from chat import ChatError, ChatService, InputMessage, Status, TurnRequest, conversation_title
 from chat_stream import coalesce
-from config import ROLES, load_settings, price_of
+from config import ROLES, load_settings
+from model_facts import price_of
 from providers import ContentDelta, Finished, Providers
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, cut, error, reply, slow

@@ -10,7 +10,8 @@ import redis
 from PIL import Image
 
 from chat import ChatService, TurnRequest
-from config import load_settings, price_of
+from config import load_settings
+from model_facts import price_of
 from providers import Providers
 from tests.conftest import app_env
 from tests.fake_upstream import FakeUpstream, reply
@@ -142,7 +143,7 @@ async def test_generation_settings_are_sent_and_kept_with_the_conversation(servi
 
 
 def test_price_table_has_a_date_and_falls_back_to_the_model_after_the_slash():
-    from config import load_prices
+    from model_facts import load_prices
 
     as_of, prices = load_prices()
     assert as_of and prices

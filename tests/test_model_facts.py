@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import config
 from image_tokens import estimate_image_tokens, image_profile
 from model_facts import MODEL_TABLE, TokenRule, effective_detail, facts_for, load_prices, price_of
 from providers import Providers
@@ -46,7 +45,6 @@ def test_prices_come_from_the_price_table_for_priced_models():
         expected = prices.get(model) or prices.get(model.rsplit("/", 1)[-1])
         assert facts_for(provider_id, model).price == expected
         assert price_of(model, provider_id) == expected
-        assert config.price_of(model) == expected  # the old import path, same answer
         priced += expected is not None
     assert priced >= 20
     for provider_id in ("openai", "deepseek"):  # every preset of these is priced
