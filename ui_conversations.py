@@ -41,7 +41,7 @@ class ConversationHandlers(HandlerBase):
         browser_id, cid = browser_id_of(data[ui.browser]), data[ui.conversations]
         opened = await self.service.open(browser_id, cid) if is_valid_id(cid or "") else None
         if opened is None:
-            return {}
+            return gr.skip()
         messages = list(opened.messages)
         shown = await self.service.display(cid, messages)
         return {
@@ -82,7 +82,7 @@ class ConversationHandlers(HandlerBase):
         title = " ".join((data[ui.title] or "").split())[:80]
         store = await self.service.store()
         if not (cid and title and await store.owns(browser_id, cid)):
-            return {}
+            return gr.skip()
         await store.update_meta(cid, title=title)
         gr.Info(f"Renamed to “{title}”.")
         return {ui.conversations: await self.conversation_list(browser_id, cid)}
@@ -114,10 +114,10 @@ class ConversationHandlers(HandlerBase):
             opened = await self.service.open(browser_id, cid)
         except (ChatError, HistoryUnavailable) as exc:  # a budget, the storage quota, Redis
             gr.Warning(str(exc))
-            return {}
+            return gr.skip()
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             gr.Warning(f"Import failed: {exc}")
-            return {}
+            return gr.skip()
         gr.Info("Conversation imported.")
         messages = list(opened.messages) if opened else []
         shown = await self.service.display(cid, messages)

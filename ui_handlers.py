@@ -106,7 +106,7 @@ class Handlers(HandlerBase):
 
     def use_saved_prompt(self, data: dict) -> Update:
         saved = (data[self.ui.prompts] or {}).get(data[self.ui.saved_prompt])
-        return {self.ui.custom_prompt: saved} if saved is not None else {}
+        return {self.ui.custom_prompt: saved} if saved is not None else gr.skip()
 
     def save_prompt(self, data: dict) -> Update:
         ui = self.ui
@@ -114,7 +114,7 @@ class Handlers(HandlerBase):
         prompt = (data[ui.custom_prompt] or "").strip()
         if not name or not prompt:
             gr.Warning("Write a prompt and give it a name to save it.")
-            return {}
+            return gr.skip()
         saved = {**(data[ui.prompts] or {}), name: prompt}
         gr.Info(f"Saved “{name}” in this browser.")
         return {ui.prompts: saved, ui.saved_prompt: gr.Dropdown(choices=sorted(saved), value=name)}
@@ -187,7 +187,7 @@ class Handlers(HandlerBase):
                 )
         except ChatError as exc:
             gr.Warning(str(exc))
-            return {}
+            return gr.skip()
         # Provider error text is shown as Markdown: made inert like any chat text.
         return {ui.check_result: safe_markdown(format_report(results))}
 
@@ -367,14 +367,14 @@ class Handlers(HandlerBase):
         """Remove the last exchange and put the user's message back into the input box."""
         ui, cid = self.ui, data[self.ui.conversation_id]
         if not cid:
-            return {}
+            return gr.skip()
         try:
             undone = await self.service.undo_last(cid)
         except (ChatError, HistoryUnavailable) as exc:
             gr.Warning(str(exc))
-            return {}
+            return gr.skip()
         if undone is None:
-            return {}
+            return gr.skip()
         messages = list(undone.messages)
         restored: dict[str, Any] = {"text": undone.text, "files": list(undone.image_paths)}
         return {

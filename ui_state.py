@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from ui import UI
 
 log = logging.getLogger("app")
-Update = dict[Any, Any]  # component -> its new value or gr.update
+# component -> its new value or gr.update; gr.skip() when nothing changes (an empty dict
+# would be taken as a value: "{}" in a textbox, an error with several outputs)
+Update = dict[Any, Any]
 
 
 def browser_secret(settings: Settings) -> str:

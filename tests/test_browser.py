@@ -27,6 +27,7 @@ from tests.browser import (  # noqa: F401  (fixtures)
     BOT,
     INPUT,
     ROOT,
+    TOAST,
     USER,
     ChatPage,
     browser_fixture,
@@ -275,6 +276,31 @@ def test_the_address_names_the_open_conversation(app, new_context):
     # A junk id is ignored.
     junk = ChatPage(context.new_page(), f"{app.url}?c=../../etc").open()
     assert junk.page.locator(INPUT).is_enabled()
+
+
+def test_buttons_with_nothing_to_do_leave_the_page_as_it_is(app, chat):
+    """Undo with no chat, saving a prompt without a name, renaming to nothing: each says why
+    (or nothing) and changes nothing: no error in the log, no stray value in a field, the
+    open chat still selected in the list."""
+    tracebacks = app.log().count("Traceback")
+    chat.click("undo")
+    chat.page.wait_for_timeout(500)
+    chat.choose("role", "Custom · 自定义")
+    chat.page.locator("#custom-prompt textarea").fill("You are terse.")
+    chat.click("save-prompt")
+    assert "give it a name" in chat.toast()
+    assert chat.page.locator("#custom-prompt textarea").input_value() == "You are terse."
+    chat.send("Keep my title")
+    before = chat.wait_titles("t => t.length === 1")
+    assert chat.page.locator("#conversations input:checked").count() == 1
+    chat.open_chat_tools()
+    chat.page.locator("#chat-title input").fill("   ")
+    chat.page.locator("#chat-title input").press("Enter")
+    chat.page.wait_for_timeout(800)
+    assert chat.titles() == before
+    assert chat.page.locator("#conversations input:checked").count() == 1, "still selected"
+    assert app.log().count("Traceback") == tracebacks
+    assert chat.page.locator(INPUT).is_enabled()
 
 
 def test_two_browsers_never_see_each_others_conversations(app, new_context):
