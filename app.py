@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 import gradio_compat
 import http_routes
 import startup_checks
-from api_arguments import ApiArgumentCheck
+from api_arguments import FileArgumentCheck
 from chat import ChatService
 from config import Settings, load_settings
 from http_guards import BodySizeLimit, SecurityHeaders, UnknownEndpoint, max_gradio_body_bytes
@@ -112,14 +112,18 @@ def middleware(settings: Settings, service: ChatService, demo: gr.Blocks) -> lis
         Middleware(LoginThrottle),
         Middleware(CrossSiteGuard),
         Middleware(UnknownEndpoint, errors=gradio_compat.unknown_endpoint_errors()),
-        Middleware(BodySizeLimit, max_bytes=max_gradio_body_bytes(settings.max_message_chars)),
         Middleware(
-            ApiArgumentCheck,
-            api_name="chat",
-            fn_index=chat_index,
-            position=1,
-            parameter="images",
-            message=IMAGES_HELP,
+            BodySizeLimit,
+            max_bytes=max_gradio_body_bytes(settings.max_message_chars),
+            checks=[
+                FileArgumentCheck(
+                    api_name="chat",
+                    fn_index=chat_index,
+                    position=1,
+                    parameter="images",
+                    message=IMAGES_HELP,
+                )
+            ],
         ),
         Middleware(
             UploadLimits,

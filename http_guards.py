@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import client_address
@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # Bodies larger than this are refused before they are read (uploads have their own limit,
 # Gradio's max_file_size): a JSON call never needs more than the text limits plus overhead.
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+# A look at a checked JSON body (the request path, its bytes): None lets it through, a
+# (status, JSON body) pair is the refusal sent instead (api_arguments.FileArgumentCheck).
+BodyCheck = Callable[[str, bytes], "tuple[int, bytes] | None"]
 
 
 # -- request size ----------------------------------------------------------------------------
@@ -116,7 +121,8 @@ class BodySizeLimit:
     message, before they are read into memory. Only paths under `prefixes` are checked, and
     uploads (`exempt`) are left to Gradio's own max_file_size check. A JSON body (what
     FastAPI parses as JSON: that type, or none) is also refused with a 400 when nested too
-    deeply, and reaches Gradio with invalid Unicode replaced by U+FFFD."""
+    deeply, and reaches Gradio with invalid Unicode replaced by U+FFFD. `checks` look at that
+    checked body (path, bytes) and may refuse it: (status, JSON body) or None."""
 
     def __init__(
         self,
@@ -124,11 +130,13 @@ class BodySizeLimit:
         max_bytes: int = DEFAULT_MAX_BODY_BYTES,
         prefixes: tuple[str, ...] = ("/gradio_api/",),
         exempt: tuple[str, ...] = ("/upload",),
+        checks: Sequence[BodyCheck] = (),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.prefixes = prefixes
         self.exempt = exempt
+        self.checks = tuple(checks)
 
     def _applies(self, scope: dict) -> bool:
         path = scope.get("path", "")
@@ -194,6 +202,11 @@ class BodySizeLimit:
             await send_json(send, 400, error % MAX_JSON_DEPTH)
             return
         cleaned = clean_json_bytes(body)
+        for check in self.checks:
+            refusal = check(scope.get("path", ""), cleaned)
+            if refusal is not None:
+                await send_json(send, *refusal)
+                return
         if len(cleaned) != len(body):
             length = str(len(cleaned)).encode()
             scope = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import gradio as gr
 
@@ -20,7 +19,7 @@ from history import HistoryUnavailable, is_valid_id
 from http_guards import as_text, client_ip
 
 BAD_ID = "That conversation id is not valid (32 hexadecimal characters)."
-# What /chat's `images` must be; http_guards.ApiArgumentCheck answers junk with it before
+# What /chat's `images` must be; api_arguments.FileArgumentCheck answers junk with it before
 # Gradio's own validation would fail with a generic error.
 IMAGES_HELP = (
     "images must be a list of uploaded image files: pass each one as handle_file(path) "
@@ -36,9 +35,8 @@ class ApiHandlers:
     def __init__(self, service: ChatService, exports: ExportFiles) -> None:
         self.service, self.exports = service, exports
 
-    def register(self) -> dict[str, Any]:
-        """Adds the endpoints to the Blocks being built; returns /chat's event (its id and
-        inputs tell http_guards.ApiArgumentCheck where the `images` argument is)."""
+    def register(self) -> None:
+        """Adds the endpoints to the Blocks being built."""
         # Hidden components carry /chat's inputs: a gr.File is what makes gradio_client
         # upload the images, and a component's value is the parameter's default.
         with gr.Group(visible=False):
@@ -54,7 +52,7 @@ class ApiHandlers:
             ]
             outputs = [gr.Textbox(), gr.Textbox()]  # reply so far, conversation id
             trigger = gr.Button()
-        chat = trigger.click(
+        trigger.click(
             self.chat,
             inputs,
             outputs,
@@ -70,7 +68,6 @@ class ApiHandlers:
         gr.api(self.import_conversation, api_name="import_conversation")
         gr.api(roles, api_name="roles")
         gr.api(self.providers, api_name="providers")
-        return dict(chat)
 
     async def chat(
         self,

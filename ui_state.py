@@ -3,7 +3,6 @@ conversation list and the settings a conversation reopens with."""
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import tempfile
@@ -24,7 +23,6 @@ from token_usage import conversation_usage
 if TYPE_CHECKING:
     from ui import UI
 
-log = logging.getLogger("app")
 # component -> its new value or gr.update; gr.skip() when nothing changes (an empty dict
 # would be taken as a value: "{}" in a textbox, an error with several outputs)
 Update = dict[Any, Any]

@@ -1,6 +1,7 @@
-"""api_arguments.ApiArgumentCheck: /chat's `images` argument is a list of uploaded files or
-the call is refused before Gradio's generic error, in Gradio's own validator format (which
-gradio_client raises as "1 parameter(s) failed validation: - images: ...")."""
+"""api_arguments.FileArgumentCheck, as http_guards.BodySizeLimit runs it: /chat's `images`
+argument is a list of uploaded files or the call is refused before Gradio's generic error, in
+Gradio's own validator format (which gradio_client raises as "1 parameter(s) failed
+validation: - images: ...")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api_arguments import ApiArgumentCheck, is_file_list
+from api_arguments import FileArgumentCheck, is_file_list
+from http_guards import BodySizeLimit
 
 pytestmark = pytest.mark.anyio
 FILE = {"path": "/tmp/gradio/abc/photo.png", "meta": {"_type": "gradio.FileData"}}
@@ -31,15 +33,14 @@ def client() -> httpx.AsyncClient:
         Route(path, echo, methods=["POST"])
         for path in ("/gradio_api/queue/join", "/gradio_api/call/chat", "/gradio_api/run/chat")
     ]
-    check = Middleware(
-        ApiArgumentCheck,
+    check = FileArgumentCheck(
         api_name="chat",
         fn_index=CHAT_INDEX,
         position=1,
         parameter="images",
         message="images must be a list of uploaded image files",
     )
-    app = Starlette(routes=routes, middleware=[check])
+    app = Starlette(routes=routes, middleware=[Middleware(BodySizeLimit, checks=[check])])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
 
 
