@@ -22,13 +22,12 @@ import http_routes
 import startup_checks
 from api_arguments import FileArgumentCheck
 from chat import ChatService
-from config import Settings, load_settings
+from config import Settings, load_settings, upload_dir
 from http_guards import BodySizeLimit, SecurityHeaders, UnknownEndpoint, max_gradio_body_bytes
 from providers import Providers
 from ui import build_demo
 from ui_api import IMAGES_HELP
 from ui_assets import CSS, NARROW_SCREEN_JS
-from ui_state import upload_dir
 from ui_text import I18N
 from upload_limits import UploadLimits
 

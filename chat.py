@@ -114,10 +114,9 @@ class ChatService:
         """Count `weight` against the named budget or raise ChatRateLimited; what it counted."""
         return await self.budgets.check(name, browser_id, client_ip, weight)
 
-    async def forget_hit(
-        self, name: str, hit: Hit | None, browser_id: str | None, client_ip: str | None
-    ) -> None:
-        await self.budgets.forget(name, hit, browser_id, client_ip)
+    async def forget_hit(self, name: str, hit: Hit | None) -> None:
+        """Take back what `check_budget` counted (the hit knows its limits)."""
+        await self.budgets.forget(name, hit)
 
     def one_at_a_time(
         self, name: str, browser_id: str | None, client_ip: str | None, busy: str

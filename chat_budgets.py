@@ -132,9 +132,7 @@ class ChatBudgets:
             log.info("rate limited (%s %s): wait %d s", name, exc.scope, exc.wait_seconds)
             raise ChatRateLimited(str(exc), exc.wait_seconds) from None
 
-    async def forget(
-        self, name: str, hit: Hit | None, browser_id: str | None, client_ip: str | None
-    ) -> None:
+    async def forget(self, name: str, hit: Hit | None) -> None:
         """Take back a hit (`check`'s return), e.g. when a second budget refused the request."""
         if hit:
             await (await self.limiter(name)).forget(hit)

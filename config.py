@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -229,3 +231,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_login_failures=_int(env, "MAX_LOGIN_FAILURES", 10),
         login_window_s=_float(env, "LOGIN_WINDOW_SECONDS", 300.0, minimum=1),
     )
+
+
+def upload_dir() -> Path:
+    """Where Gradio keeps uploads and its cache (GRADIO_TEMP_DIR, as Gradio reads it)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")

@@ -40,15 +40,13 @@ part is markup_math.py, the reading of code (step 4) markup_code.py.
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from functools import lru_cache
-from pathlib import Path
 
-from markup_code import PREFIXES, Layout, code_spans
+from config import upload_dir
+from markup_code import Layout, code_spans
 from markup_math import (
     LATEX_DELIMITERS,
     MAX_MATH_CHARS,
@@ -101,14 +99,12 @@ _MATH_ENTITY = re.compile(
     r"&(?=(?:#0*(?:36|92|40|41|91|93|123|125)|#[xX]0*(?:24|5[cC]|28|29|5[bBdD]|7[bBdD])"
     r"|dollar|bsol|lpar|rpar|lsqb|rsqb|lbrack|rbrack|lcub|rcub|lbrace|rbrace);)"
 )
-_PREFIXES = PREFIXES  # markup_code's cache of parsed prefixes, under its old name here
 
 
 @lru_cache(maxsize=1)
 def _upload_url() -> re.Pattern:
     """Image URLs the chat may show: Gradio file URLs of the app's own upload dir."""
-    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-    root = str(folder).rstrip("/")
+    root = str(upload_dir()).rstrip("/")
     return re.compile(
         r"!\[[^\[\]\n`]*\]\((?:data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/=]+"
         r"|/gradio_api/file=" + re.escape(root) + r"/(?:(?!\.\.)[A-Za-z0-9_.\-]+/)*"

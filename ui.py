@@ -15,7 +15,7 @@ import gradio as gr
 
 import ui_options
 from chat import ChatService
-from config import DEFAULT_ROLE, Settings
+from config import DEFAULT_ROLE, Settings, upload_dir
 from images import DETAILS
 from ui_api import ApiHandlers
 from ui_assets import (
@@ -28,7 +28,7 @@ from ui_assets import (
 )
 from ui_conversations import ConversationHandlers
 from ui_handlers import Handlers
-from ui_state import browser_secret, upload_dir
+from ui_state import browser_secret
 from ui_text import i18n
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
@@ -411,9 +411,9 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
 
     def stream_after(started: Any, stream: Any, inputs: set) -> Any:
         busy = started.then(h.show_busy, None, ui.busy_controls(), **IN_BROWSER)
-        return _stream_then_finish(busy, stream, inputs)
+        return stream_then_finish(busy, stream, inputs)
 
-    def _stream_then_finish(busy: Any, stream: Any, inputs: set) -> Any:
+    def stream_then_finish(busy: Any, stream: Any, inputs: set) -> Any:
         streaming = busy.then(stream, inputs, streamed, **PRIVATE)
         streaming.then(
             h.finish_turn, {ui.outcome, ui.browser, ui.conversation_id}, finished, **PRIVATE
@@ -434,10 +434,10 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
         h.respond,
         {ui.pending, ui.chatbot, *turn_in},
     )
-    retried = _stream_then_finish(
+    retried = stream_then_finish(
         ui.retry_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER), h.retry, turn_in
     )
-    compared = _stream_then_finish(
+    compared = stream_then_finish(
         ui.compare_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER),
         h.compare,
         turn_in,

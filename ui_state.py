@@ -3,12 +3,9 @@ conversation list and the settings a conversation reopens with."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -38,10 +35,6 @@ def browser_secret(settings: Settings) -> str:
         except HistoryUnavailable as exc:
             raise SystemExit(str(exc)) from None
     return secrets.token_hex(32)  # embedded store: history dies with the process anyway
-
-
-def upload_dir() -> Path:
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
 def browser_id_of(state: Mapping | None) -> str:

@@ -220,7 +220,7 @@ class UploadLimits:
             try:
                 await self._charge_bytes(ip, declared)
             except _Refused:
-                await self.service.forget_hit("uploads", hit, None, ip)
+                await self.service.forget_hit("uploads", hit)
                 raise
 
     async def _charge_bytes(self, ip: str | None, size: int) -> None:

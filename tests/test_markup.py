@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
+import markup_code
 import markup_text
 from markup_text import ALLOWED_TAGS, JOINER, cut_math, math_too_big, safe_markdown, unshown
 
@@ -443,10 +444,10 @@ def test_the_prefix_cache_changes_nothing():
     streamed = []
     for end in range(0, len(text), 23):
         streamed.append(safe_markdown(text[:end]))
-    markup_text._PREFIXES.clear()
+    markup_code.PREFIXES.clear()
     markup_text._CACHE.clear()
     for number, end in enumerate(range(0, len(text), 23)):
-        markup_text._PREFIXES.clear()
+        markup_code.PREFIXES.clear()
         markup_text._CACHE.clear()
         assert safe_markdown(text[:end]) == streamed[number], end
 
@@ -457,7 +458,7 @@ def test_it_is_fast_enough_for_every_streamed_update():
     table = "| a | b |\n|---|---|\n| `<br>` | 2 |\n\n"
     answer = (paragraph * 3 + block + table) * 25  # ~8,000 characters, ~2,000 tokens
     assert len(answer) > 7500
-    markup_text._PREFIXES.clear()
+    markup_code.PREFIXES.clear()
     markup_text._CACHE.clear()
     steps = range(40, len(answer) + 40, 40)  # what ~50 ms of tokens add
     started = time.perf_counter()
