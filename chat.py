@@ -202,7 +202,7 @@ class ChatService:
                 yield update
 
     async def retry(
-        self, req: TurnRequest, *, keep_previous: bool = False, rate_checked: bool = False
+        self, req: TurnRequest, *, keep_previous: bool = False
     ) -> AsyncGenerator[TurnUpdate, None]:
         """Answer the last user message again, with the role and model now chosen.
 
@@ -211,9 +211,9 @@ class ChatService:
         """
         cid = req.conversation_id
         plan = plan_for(self.settings, self.providers, req)
-        if not rate_checked:  # a retry costs a model call too
-            await self.check_rate(req.browser_id, req.client_ip)
-            await self.budgets.check_storage(req.browser_id, req.client_ip)
+        # A retry costs a model call too.
+        await self.check_rate(req.browser_id, req.client_ip)
+        await self.budgets.check_storage(req.browser_id, req.client_ip)
         store, messages = await self._read(cid)
         trailing = trailing_answers(messages)
         if trailing == len(messages):
