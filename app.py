@@ -105,7 +105,7 @@ def middleware(settings: Settings, service: ChatService, demo: gr.Blocks) -> lis
     generic error; uploads have per address, global and disk budgets (upload_limits.py)."""
     from client_address import CrossSiteGuard, LoginThrottle
 
-    chat_index, _ = gradio_compat.api_event(demo, "chat")
+    chat_index = gradio_compat.api_event(demo, "chat")
     return [
         Middleware(SecurityHeaders),
         Middleware(LoginThrottle),

@@ -42,11 +42,11 @@ def unknown_endpoint_errors() -> tuple[type[BaseException], ...]:
     return (FnIndexInferError, KeyError)
 
 
-def api_event(demo: gr.Blocks, api_name: str) -> tuple[int, int]:
-    """The function index of the event named `api_name` and its input count, from the page
-    config Gradio sends to browsers (`Blocks.config`'s "dependencies")."""
+def api_event(demo: gr.Blocks, api_name: str) -> int:
+    """The function index of the event named `api_name`, from the page config Gradio sends
+    to browsers (`Blocks.config`'s "dependencies")."""
     config: Any = demo.config or {}
     for dependency in config.get("dependencies", []):
         if dependency.get("api_name") == api_name:
-            return int(dependency["id"]), len(dependency.get("inputs", []))
+            return int(dependency["id"])
     raise LookupError(f"no event named {api_name!r} in the Blocks")
