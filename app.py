@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 import gradio_compat
 import http_routes
 import startup_checks
+from accounts import parse_accounts
 from api_arguments import FileArgumentCheck
 from chat import ChatService
 from config import Settings, load_settings, upload_dir
@@ -27,7 +28,7 @@ from http_guards import BodySizeLimit, SecurityHeaders, UnknownEndpoint, max_gra
 from providers import Providers
 from ui import build_demo
 from ui_api import IMAGES_HELP
-from ui_assets import CSS, NARROW_SCREEN_JS
+from ui_assets import CSS, PAGE_JS
 from ui_text import I18N
 from upload_limits import UploadLimits
 
@@ -78,7 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also open a public *.gradio.live link (use with --auth)",
     )
-    parser.add_argument("--auth", help="require a login, as user:password (or set APP_AUTH)")
+    parser.add_argument(
+        "--auth",
+        help="require a login: user:password, or several pairs separated by commas "
+        '("alice:pw1,bob:pw2"); each account has its own conversations (or set APP_AUTH)',
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -88,13 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("--auth / APP_AUTH must look like user:password")
-    return user, password
+def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """The login accounts of --auth / APP_AUTH (one pair or several; accounts.py), or None
+    for no login. A bad value stops the app with a message that shows no password."""
+    try:
+        accounts = parse_accounts(value)
+    except ValueError as exc:
+        raise SystemExit(
+            f"--auth / APP_AUTH must be user:password pairs, comma-separated: {exc}"
+        ) from None
+    return accounts or None
 
 
 def middleware(settings: Settings, service: ChatService, demo: gr.Blocks) -> list[Middleware]:
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int | None:
     demo.launch(
         theme=gr.themes.Default(primary_hue="indigo", secondary_hue="slate"),
         css=CSS,
-        js=NARROW_SCREEN_JS,
+        js=PAGE_JS,
         i18n=I18N,
         **options,
     )

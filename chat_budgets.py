@@ -66,6 +66,11 @@ def budgets(s: Settings) -> dict[str, Budget]:
             int(s.upload_global_mb_per_minute * _MB),
             "uploading",
         ),
+        # Typing in the search box: a search reads the browser's whole index (and, cold,
+        # its messages); far above what typing needs, far below what a script could send.
+        "searches": Budget(120, 360, 3000, "searching"),
+        # A shared link writes a snapshot of the conversation.
+        "shares": Budget(20, 60, 600, "sharing"),
         "image_pixels": Budget(
             s.image_megapixels_per_minute * 1_000_000,
             3 * s.image_megapixels_per_minute * 1_000_000,

@@ -105,6 +105,19 @@ def _float(environ: Mapping[str, str], name: str, default: float, minimum: float
     return value
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise SystemExit(f"{name} must be true or false, got {raw!r}")
+    return raw in _TRUE
+
+
 def _networks(environ: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     """A comma list of IPs / CIDRs (None when unset, () for "none"), checked at start."""
     raw = (environ.get(name) or "").strip()
@@ -170,6 +183,9 @@ class Settings:
     max_request_mb: float = 32.0  # the largest /api/chat body read (8 resized images fit)
     max_login_failures: int = 10  # wrong passwords per address per window, then 429; 0 = off
     login_window_s: float = 300.0
+    # After a conversation's first answer the model names it (auto_title.py); False keeps
+    # the first message as the title and saves that request.
+    auto_title: bool = True
 
     @property
     def history_ttl_seconds(self) -> int:
@@ -230,6 +246,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_request_mb=_float(env, "MAX_REQUEST_MB", 32.0, minimum=0.01),
         max_login_failures=_int(env, "MAX_LOGIN_FAILURES", 10),
         login_window_s=_float(env, "LOGIN_WINDOW_SECONDS", 300.0, minimum=1),
+        auto_title=_bool(env, "AUTO_TITLE", True),
     )
 
 

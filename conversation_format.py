@@ -24,7 +24,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 EXPORT_FORMAT: Final = "chat-history"
-EXPORT_VERSION: Final = 1
+EXPORT_VERSION: Final = 2  # 2: versions, branches and feedback (a version-1 file reads the same)
+READ_VERSIONS: Final = (1, 2)
 
 # Ceilings of a file, far above what this app exports (HISTORY_MAX_MESSAGES, 200 by default;
 # MAX_IMAGES_PER_MESSAGE, 8): past them a file is refused, below them it is trimmed and cut
@@ -33,7 +34,8 @@ MAX_MESSAGES = 10_000
 MAX_IMAGES_PER_MESSAGE = 100
 MAX_PARTS_PER_MESSAGE = 1_000
 MAX_TEXT_CHARS = 1_000_000  # one message's content or reasoning; cut further on import
-MAX_DEPTH = 32  # nesting of objects and lists: an export needs about 8
+MAX_DEPTH = 64  # nesting of objects and lists: 8, and 4 more per level of branches
+MAX_VERSIONS = 100  # of one message (the app keeps 20)
 MAX_ROLE_CHARS = 32
 # Meta: at most this many fields are kept (the first ones), each value cut to its limit.
 MAX_META_FIELDS = 32
@@ -122,6 +124,16 @@ class Message(BaseModel):
         default=None, description="token counts as the provider gave"
     )
     receipts: list[str] | None = Field(default=None, max_length=MAX_IMAGES_PER_MESSAGE)
+    feedback: Literal["up", "down"] | None = Field(
+        default=None, description="the user's thumbs up or down on an answer"
+    )
+    versions: list[Version | None] | None = Field(
+        default=None,
+        max_length=MAX_VERSIONS,
+        description="every version of this message, oldest first; null in the place of "
+        "the one shown (this message itself)",
+    )
+    version: int | None = Field(default=None, ge=0, description="the shown version's index")
 
     @model_validator(mode="before")
     @classmethod
@@ -139,13 +151,39 @@ class Message(BaseModel):
         return data
 
     def stored(self) -> dict[str, Any]:
-        """The message as the store keeps it: as given, images without their bytes."""
-        out = self.model_dump(exclude_unset=True, exclude={"images"})
+        """The message as the store keeps it: as given, images without their bytes (those of
+        its other versions and their branches too)."""
+        out = self.model_dump(exclude_unset=True, exclude={"images", "versions", "after"})
         if self.images:
             out["images"] = [
                 ref.model_dump(exclude_unset=True, exclude={"data"}) for ref in self.images
             ]
+        if self.versions is not None:
+            out["versions"] = [v.stored() if v is not None else None for v in self.versions]
         return out
+
+    def image_refs(self) -> list[ImageRef]:
+        """Its images and those of its other versions and their branches."""
+        refs = list(self.images or [])
+        for version in self.versions or []:
+            if version is not None:
+                refs += version.image_refs()
+        return refs
+
+
+class Version(Message):
+    """Another version of a message, and the messages that followed it (its branch)."""
+
+    after: list[Message] | None = Field(default=None, max_length=MAX_MESSAGES)
+
+    def stored(self) -> dict[str, Any]:
+        out = super().stored()
+        if self.after is not None:
+            out["after"] = [m.stored() for m in self.after]
+        return out
+
+    def image_refs(self) -> list[ImageRef]:
+        return super().image_refs() + [r for m in self.after or [] for r in m.image_refs()]
 
 
 class Meta(BaseModel):
@@ -196,16 +234,16 @@ class Meta(BaseModel):
 
 
 class ExportFile(BaseModel):
-    """A conversation export: {"format": "chat-history", "version": 1, "meta", "messages"}."""
+    """A conversation export: {"format": "chat-history", "version": 2, "meta", "messages"}."""
 
     model_config = ConfigDict(
         extra="ignore",
         strict=True,
-        title="Conversation export (chat-history, version 1)",
+        title="Conversation export (chat-history, version 2)",
     )
 
     format: Literal["chat-history"] = EXPORT_FORMAT
-    version: Literal[1] = EXPORT_VERSION
+    version: Literal[1, 2] = EXPORT_VERSION
     meta: Meta = Field(default_factory=lambda: Meta.model_validate({}))
     messages: list[Message] = Field(max_length=MAX_MESSAGES, description="oldest first")
 
@@ -216,11 +254,11 @@ class ExportFile(BaseModel):
             raise ValueError("expected a JSON object (a conversation export)")
         version = data.get("version", EXPORT_VERSION)
         if data.get("format", EXPORT_FORMAT) != EXPORT_FORMAT or (
-            type(version) is not int or version != EXPORT_VERSION
+            type(version) is not int or version not in READ_VERSIONS
         ):
             raise ValueError(
-                f"unsupported format or version: this app reads {EXPORT_FORMAT!r} version "
-                f"{EXPORT_VERSION}"
+                f"unsupported format or version: this app reads {EXPORT_FORMAT!r} versions "
+                f"{' and '.join(map(str, READ_VERSIONS))}"
             )
         messages = data.get("messages")
         if not isinstance(messages, list):
@@ -235,10 +273,13 @@ class ExportFile(BaseModel):
         """The images that came with their bytes, by their real hash: (bytes, mime)."""
         found: Blobs = {}
         for message in self.messages:
-            for ref in message.images or []:
+            for ref in message.image_refs():
                 if ref._raw is not None and ref.sha256 and ref.mime:
                     found[ref.sha256] = (ref._raw, ref.mime)
         return found
+
+
+Message.model_rebuild()
 
 
 def load_json(text: str) -> Any:

@@ -18,6 +18,7 @@ from conversation_format import (
     load_json,
     parse_export,
 )
+from conversation_tree import walk
 
 # Answers are not limited by MAX_MESSAGE_CHARS (the model writes them): an exported answer
 # may be longer than a user message, so other roles get this many times the limit.
@@ -113,9 +114,10 @@ def bound_messages(messages: list[dict], *, max_chars: int, max_images: int) -> 
 
 
 def image_items(messages: list[dict], blobs: Mapping[str, tuple[bytes, str]]) -> list[ImageItem]:
-    """(old sha256, name, raw bytes) of each image the messages carry, once per hash."""
+    """(old sha256, name, raw bytes) of each image the messages carry (their other versions'
+    too), once per hash."""
     names: dict[str, str] = {}
-    for message in messages:
+    for message in walk(messages):
         for ref in message.get("images") or []:
             sha = ref.get("sha256")
             if sha in blobs and sha not in names:
@@ -127,34 +129,44 @@ def apply_prepared(
     messages: list[dict], prepared: Mapping[str, Any], dropped: Mapping[str, str]
 ) -> list[dict]:
     """Refs rewritten to their prepared image (`prepared`: old sha -> images.PreparedImage);
-    refs whose image was refused (`dropped`: old sha -> reason) removed, with a note."""
-    out = []
-    for message in messages:
-        refs = message.get("images") or []
-        if not refs:
-            out.append(message)
-            continue
-        message, kept = dict(message), []
-        for ref in refs:
-            sha = ref.get("sha256")
-            if sha in dropped:
-                name = str(ref.get("name") or "image")[:80]
-                note(message, f"[image “{name}” left out on import: {dropped[sha]}]")
-            elif sha in prepared:
-                image = prepared[sha]
-                kept.append(
-                    {
-                        **ref,
-                        "sha256": image.sha256,
-                        "mime": image.mime,
-                        "width": image.width,
-                        "height": image.height,
-                    }
-                )
-            else:  # exported after it expired: a reference without bytes, kept as it was
-                kept.append(ref)
-        message["images"] = kept
-        if not kept:
-            message.pop("images")
-        out.append(message)
-    return out
+    refs whose image was refused (`dropped`: old sha -> reason) removed, with a note. In
+    other versions and their branches too."""
+    return [_apply(message, prepared, dropped) for message in messages]
+
+
+def _apply(message: dict, prepared: Mapping[str, Any], dropped: Mapping[str, str]) -> dict:
+    message = dict(message)
+    versions = message.get("versions")
+    if isinstance(versions, list):
+        message["versions"] = [
+            _apply(v, prepared, dropped) if isinstance(v, dict) else v for v in versions
+        ]
+    after = message.get("after")
+    if isinstance(after, list):
+        message["after"] = apply_prepared(after, prepared, dropped)
+    refs = message.get("images") or []
+    if not refs:
+        return message
+    kept = []
+    for ref in refs:
+        sha = ref.get("sha256")
+        if sha in dropped:
+            name = str(ref.get("name") or "image")[:80]
+            note(message, f"[image “{name}” left out on import: {dropped[sha]}]")
+        elif sha in prepared:
+            image = prepared[sha]
+            kept.append(
+                {
+                    **ref,
+                    "sha256": image.sha256,
+                    "mime": image.mime,
+                    "width": image.width,
+                    "height": image.height,
+                }
+            )
+        else:  # exported after it expired: a reference without bytes, kept as it was
+            kept.append(ref)
+    message["images"] = kept
+    if not kept:
+        message.pop("images")
+    return message

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conversation_format import EXPORT_FORMAT, EXPORT_VERSION
+from conversation_tree import walk
 from history_records import ImageBlob, Message
 
 # Left out of an export: the ids are access keys, and an export is meant to be shared.
@@ -20,7 +21,7 @@ def export_document(
 ) -> dict[str, Any]:
     """{"format", "version", "meta", "messages"}; each image reference whose bytes are still
     stored carries them ("data", base64) and their "mime". Changes `messages` in place."""
-    for message in messages:
+    for message in walk(messages):  # other versions and their branches too
         for ref in message.get("images") or []:
             if (blob := blobs.get(ref.get("sha256"))) is not None:
                 ref["mime"] = blob[1]

@@ -12,6 +12,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from conversation_tree import walk
+
 # Meta fields the store owns: callers may not set them through **extra / update_meta.
 # "bytes" is the conversation's stored size (byte accounting, see `HistoryStore.stored_bytes`).
 RESERVED_META = frozenset({"id", "browser", "created", "updated", "bytes"})
@@ -30,6 +32,10 @@ class InvalidId(ValueError):
 
 class UnknownConversation(InvalidId):
     """A write aimed at a conversation that does not exist (deleted or expired)."""
+
+
+class ConversationChanged(ValueError):
+    """A rewrite of messages found them changed by another tab since they were read."""
 
 
 def new_id() -> str:
@@ -111,9 +117,9 @@ def check_images(images: dict[str, ImageBlob]) -> dict[str, ImageBlob]:
 
 
 def image_shas(messages: Iterable[Message]) -> list[str]:
-    """The hashes the messages reference, once each, in order."""
+    """The hashes the messages reference (their other versions' too), once each, in order."""
     seen: dict[str, None] = {}
-    for message in messages:
+    for message in walk(list(messages)):
         for ref in message.get("images") or []:
             if isinstance(ref, dict) and isinstance(ref.get("sha256"), str):
                 seen[ref["sha256"]] = None

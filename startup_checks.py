@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
+from accounts import parse_accounts
 from config import Settings
 from providers import (
     DEFAULT_DEMO_DELAY_MS,
@@ -250,12 +251,12 @@ def _demo_delay(environ: Mapping[str, str]) -> Iterator[str]:
 def _app_auth(settings: Settings) -> Iterator[str]:
     if not settings.app_auth:
         return
-    user, sep, password = settings.app_auth.partition(":")
-    if not sep or not user or not password:
-        # Never echoed: it may be a password with the colon forgotten.
+    try:
+        parse_accounts(settings.app_auth)
+    except ValueError:  # nothing of the value is echoed: a part may be a password
         yield (
-            "APP_AUTH must look like user:password (both parts non-empty); "
-            "the app will refuse to start."
+            "APP_AUTH must look like user:password, or several such pairs separated by "
+            "commas (both parts non-empty); the app will refuse to start."
         )
 
 

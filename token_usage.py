@@ -76,6 +76,31 @@ def usage_summary(usage: dict) -> str:
     return line
 
 
+def compact_usage(usage: dict) -> str:
+    """usage_summary short enough to share a line with the model's name: "1.2k→56 tok"
+    (Markdown: an estimate's "~" is escaped, or two of them would strike the text through)."""
+    approx = "\\~" if usage.get("estimated") else ""
+    line = (
+        f"{approx}{_compact(usage.get('prompt_tokens') or 0)}→"
+        f"{approx}{_compact(usage.get('completion_tokens') or 0)} tok"
+    )
+    if "cost" in usage:
+        cost = usage["cost"]
+        # The code, not the sign: the chat's formula rendering breaks the line at a "$".
+        currency = usage.get("currency", "USD")
+        shown = format_cost(cost, currency).removeprefix(
+            CURRENCY_SIGNS.get(currency, f"{currency} ")
+        )
+        line += f" · ≈ {shown.strip()} {currency}" if cost else " · free"
+    return line
+
+
+def _compact(count: int) -> str:
+    if count < 1000:
+        return str(count)
+    return f"{count / 1000:.1f}k" if count < 100_000 else f"{count // 1000}k"
+
+
 def usage_details(usage: dict) -> str:
     as_of, _ = load_prices()
     images = usage.get("image_tokens")

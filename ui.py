@@ -13,22 +13,25 @@ from typing import Any
 
 import gradio as gr
 
-import ui_options
+import ui_controls
+import ui_sidebar
 from chat import ChatService
-from config import DEFAULT_ROLE, Settings, upload_dir
+from config import Settings, upload_dir
 from images import DETAILS
 from ui_api import ApiHandlers
 from ui_assets import (
+    CHAT_LINKS_JS,
     CONVERSATION_URL_JS,
     EXAMPLES,
     EXAMPLES_DIR,
     LATEX,
     PAGE_LOADED_JS,
     STORAGE_KEY,
+    TIME_ZONE_JS,
 )
 from ui_conversations import ConversationHandlers
 from ui_handlers import Handlers
-from ui_state import browser_secret
+from ui_state import UNDO_DELETE_SECONDS, browser_secret
 from ui_text import i18n
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
@@ -50,15 +53,36 @@ class UI:
     pending: gr.MultimodalTextbox  # hidden: the message being answered
     edit_data: gr.State  # an edit event's data, for the streaming step after it
     outcome: gr.State  # what a streamed turn ended with, for the step after it
+    window: gr.State  # how many stored messages the chat shows ("Load earlier" widens it)
+    tz: gr.Number  # hidden: the reader's time zone (minutes east of UTC), for the list's dates
+    chat_links: gr.HTML  # empty: it hears the chat's own links (ui_assets.CHAT_LINKS_JS)
     # Sidebar.
+    sidebar: gr.Sidebar
     new_chat_btn: gr.Button
-    conversations: gr.Radio
-    title: gr.Textbox
-    export_btn: gr.Button
-    exported: gr.File
+    search: gr.Textbox
+    conversations: gr.HTML
     import_btn: gr.UploadButton
+    # A shared snapshot, read-only (the page opened with ?share=<token>).
+    shared_view: gr.Column
+    shared_title: gr.Markdown
+    shared_chat: gr.Chatbot
+    workspace: gr.Column
+    # The open chat's header.
+    title: gr.Textbox
+    pin_btn: gr.Button
+    share_btn: gr.Button
+    export_btn: gr.Button
     delete_btn: gr.Button
     usage_total: gr.Markdown
+    share_row: gr.Row
+    share_link: gr.Textbox
+    unshare_btn: gr.Button
+    exported: gr.File
+    deleted_row: gr.Row
+    deleted_note: gr.Markdown
+    undo_delete_btn: gr.Button
+    deleted: gr.State  # the conversation Undo would bring back
+    undo_timer: gr.Timer
     # Above the chat.
     role: gr.Dropdown
     provider: gr.Dropdown
@@ -70,6 +94,14 @@ class UI:
     save_prompt_btn: gr.Button
     # The chat.
     chatbot: gr.Chatbot
+    compare_panel: gr.Row
+    compare_left_label: gr.Markdown
+    compare_left: gr.Chatbot
+    pick_left: gr.Button
+    compare_right_label: gr.Markdown
+    compare_right: gr.Chatbot
+    pick_right: gr.Button
+    compare_pick: gr.State  # the versions the two columns show
     chat_input: gr.MultimodalTextbox
     stop_btn: gr.Button
     retry_btn: gr.Button
@@ -121,10 +153,12 @@ def build_demo(settings: Settings, service: ChatService) -> gr.Blocks:
         ui = _layout(settings, service, secret)
         handlers = Handlers(ui, service, settings)
         conversations = ConversationHandlers(ui, service, settings, upload_dir() / "chat-exports")
+        # The public API first: its names (/retry...) are taken before the page's private
+        # events would get them from their functions' names.
+        ApiHandlers(service, conversations.exports).register()
         _wire_session(demo, ui, handlers)
         _wire_turns(ui, handlers)
-        _wire_conversations(ui, conversations)
-        ApiHandlers(service, conversations.exports).register()
+        ui_sidebar.wire(ui, conversations)
     return demo
 
 
@@ -147,89 +181,22 @@ def _layout(settings: Settings, service: ChatService, secret: str) -> UI:
         "pending": gr.MultimodalTextbox(visible=False, file_count="multiple"),
         "edit_data": gr.State(None),
         "outcome": gr.State(None),
+        "window": gr.State(service.display_limit),
+        "deleted": gr.State(""),
+        "compare_pick": gr.State(None),
+        # In the page but not shown: the page's script writes them (ui_assets.PAGE_JS).
+        "tz": gr.Number(value=0, visible="hidden", elem_id="tz-offset", precision=0),
+        "chat_links": gr.HTML("", elem_id="chat-links", js_on_load=CHAT_LINKS_JS, visible="hidden"),
+        "undo_timer": gr.Timer(UNDO_DELETE_SECONDS, active=False),
     }
-    parts |= _sidebar(service)
-    parts |= _model_row(providers)
-    parts |= _chat(settings)
-    parts |= _settings_panel(settings, providers)
+    parts |= ui_sidebar.sidebar(service)
+    parts |= ui_sidebar.shared_view()
+    with gr.Column(elem_id="workspace", scale=1) as parts["workspace"]:
+        parts |= ui_sidebar.chat_header()
+        parts |= ui_controls.model_row(providers)
+        parts |= _chat(settings)
+        parts |= ui_controls.settings_panel(settings, providers)
     return UI(**parts)
-
-
-def _sidebar(service: ChatService) -> dict[str, Any]:
-    with gr.Sidebar(open=True, elem_id="sidebar"):
-        gr.Markdown(i18n("conversations"))
-        parts: dict[str, Any] = {
-            "new_chat_btn": gr.Button(i18n("new_chat"), elem_id="new-chat", variant="primary"),
-            "conversations": gr.Radio(
-                label="This browser's chats", choices=[], elem_id="conversations", show_label=False
-            ),
-        }
-        with gr.Accordion(i18n("this_chat"), open=False, elem_id="chat-tools"):
-            parts["title"] = gr.Textbox(
-                label=i18n("title"),
-                elem_id="chat-title",
-                max_lines=1,
-                placeholder=i18n("title_placeholder"),
-            )
-            parts["export_btn"] = gr.Button(i18n("export"), size="sm", elem_id="export")
-            parts["exported"] = gr.File(
-                label=i18n("downloads"),
-                visible=False,
-                elem_id="exported",
-                file_count="multiple",
-                interactive=False,
-            )
-            parts["import_btn"] = gr.UploadButton(
-                i18n("import"),  # type: ignore[arg-type]  # I18nData works; the hint says str
-                file_types=[".json"],
-                size="sm",
-                elem_id="import",
-            )
-            parts["delete_btn"] = gr.Button(
-                i18n("delete"), size="sm", variant="stop", elem_id="delete-chat"
-            )
-            parts["usage_total"] = gr.Markdown(elem_id="usage-total")
-        gr.Markdown(ui_options.status_markdown(service), elem_id="status")
-    return parts
-
-
-def _model_row(providers: Any) -> dict[str, Any]:
-    default = providers.get(providers.default_id)
-    with gr.Row(equal_height=True):
-        parts: dict[str, Any] = {
-            "role": gr.Dropdown(
-                ui_options.role_choices(), value=DEFAULT_ROLE, label=i18n("role"), elem_id="role"
-            ),
-            "provider": gr.Dropdown(
-                ui_options.provider_choices(providers),
-                value=providers.default_id,
-                label=i18n("provider"),
-                elem_id="provider",
-            ),
-            "model": gr.Dropdown(
-                ui_options.model_choices(providers, providers.default_id),
-                value=default.default_model,
-                label=i18n("model"),
-                elem_id="model",
-                allow_custom_value=True,
-            ),
-        }
-    with gr.Group(visible=False) as parts["custom_group"]:
-        parts["custom_prompt"] = gr.Textbox(
-            label=i18n("custom_prompt"),
-            lines=2,
-            elem_id="custom-prompt",
-            placeholder=i18n("custom_prompt_placeholder"),
-        )
-        with gr.Row(equal_height=True):
-            parts["saved_prompt"] = gr.Dropdown(
-                [], label="Saved prompts · 已保存", elem_id="saved-prompts", scale=2
-            )
-            parts["prompt_name"] = gr.Textbox(
-                label="Save as · 保存为", placeholder="Name", elem_id="prompt-name", scale=2
-            )
-            parts["save_prompt_btn"] = gr.Button("Save · 保存", elem_id="save-prompt", scale=1)
-    return parts
 
 
 def _chat(settings: Settings) -> dict[str, Any]:
@@ -248,6 +215,9 @@ def _chat(settings: Settings) -> dict[str, Any]:
             autoscroll=True,
             placeholder=i18n("chat_placeholder"),  # type: ignore[arg-type]  # as above
         ),
+    }
+    parts |= _compare_panel()
+    parts |= {
         "chat_input": gr.MultimodalTextbox(
             elem_id="chat-input",
             file_types=["image"],
@@ -285,65 +255,38 @@ def _chat(settings: Settings) -> dict[str, Any]:
     return parts
 
 
-def _settings_panel(settings: Settings, providers: Any) -> dict[str, Any]:
+def _compare_panel() -> dict[str, Any]:
+    """Compare: the answer shown and a new one from the model now chosen, side by side (one
+    above the other on a phone); the user picks the one to continue with."""
     parts: dict[str, Any] = {}
-    with gr.Accordion(i18n("settings"), open=False, elem_id="settings"):
-        with gr.Row():
-            parts["temperature"] = gr.Slider(
-                0, 2, value=0.7, step=0.1, label="Temperature · 温度", elem_id="temperature"
-            )
-            parts["top_p"] = gr.Slider(
-                0.05, 1, value=1.0, step=0.05, label="Top-p", elem_id="top-p"
-            )
-            parts["max_tokens"] = gr.Number(
-                value=0,
-                minimum=0,
-                maximum=settings.max_output_tokens,  # MAX_OUTPUT_TOKENS; the server clamps too
-                step=256,
-                precision=0,
-                label="Max tokens (0 = model default)",
-                elem_id="max-tokens",
-            )
-        gr.Markdown(
-            "**Your own API keys · 自己的密钥**: they enable that provider for you only and "
-            "are never stored on the server or logged. By default they are kept for this tab "
-            "only. *Remember on this device* keeps them in this browser's storage, where "
-            "anyone using this browser profile (or a browser extension) can read them."
-        )
-        with gr.Row():
-            parts["key_boxes"] = [
-                gr.Textbox(
-                    label=f"{p.name} ({p.key_env})",
-                    type="password",
-                    elem_id=f"key-{p.id}",
-                    placeholder="sk-…",
-                    min_width=220,
+    with gr.Row(visible=False, elem_id="compare-panel", equal_height=False) as parts[
+        "compare_panel"
+    ]:
+        for side in ("left", "right"):
+            with gr.Column(min_width=300, elem_id=f"compare-{side}-column"):
+                parts[f"compare_{side}_label"] = gr.Markdown(elem_id=f"compare-{side}-label")
+                parts[f"compare_{side}"] = gr.Chatbot(
+                    elem_id=f"compare-{side}",
+                    show_label=False,
+                    latex_delimiters=LATEX,
+                    allow_tags=False,
+                    buttons=["copy"],
+                    height="auto",
+                    min_height=120,
+                    max_height=520,
                 )
-                for p in ui_options.byok_providers(providers)
-            ]
-        with gr.Row():
-            parts["remember_keys"] = gr.Checkbox(
-                value=False,
-                label="Remember on this device · 在此设备上记住",
-                elem_id="remember-keys",
-                min_width=220,
-            )
-            parts["save_keys_btn"] = gr.Button("Use my keys · 使用", elem_id="save-keys", size="sm")
-            parts["forget_keys_btn"] = gr.Button(
-                "Forget my keys · 清除", elem_id="forget-keys", size="sm"
-            )
-            parts["check_btn"] = gr.Button(
-                "Check providers · 检查", elem_id="check-providers", size="sm"
-            )
-        parts["check_result"] = gr.Markdown(elem_id="check-result")
+                parts[f"pick_{side}"] = gr.Button(
+                    i18n(f"continue_{side}"), elem_id=f"pick-{side}", size="sm"
+                )
     return parts
 
 
 # -- wiring ------------------------------------------------------------------------------------
 def _wire_session(demo: gr.Blocks, ui: UI, h: Handlers) -> None:
-    demo.load(
+    # The reader's time zone first (in the browser), for the list's Today / Yesterday.
+    demo.load(None, None, ui.tz, js=TIME_ZONE_JS, **PRIVATE).then(
         h.on_load,
-        {ui.browser, ui.remembered_keys, ui.prompts},
+        {ui.browser, ui.remembered_keys, ui.prompts, ui.tz},
         [
             ui.browser,
             ui.conversation_id,
@@ -354,6 +297,11 @@ def _wire_session(demo: gr.Blocks, ui: UI, h: Handlers) -> None:
             ui.saved_prompt,
             ui.tab_keys,
             ui.remember_keys,
+            ui.sidebar,
+            ui.workspace,
+            ui.shared_view,
+            ui.shared_title,
+            ui.shared_chat,
         ],
         **PRIVATE,
     ).then(h.enable_input, None, ui.chat_input, **IN_BROWSER).then(
@@ -392,14 +340,23 @@ def _wire_session(demo: gr.Blocks, ui: UI, h: Handlers) -> None:
         **PRIVATE,
     )
     ui.chatbot.example_select(h.use_example, None, ui.chat_input, **PRIVATE)
+    shown: set[Any] = {ui.conversation_id, ui.browser, ui.window}
+    ui.chatbot.like(h.rate, shown, ui.usage_total, show_progress="hidden", **PRIVATE)
+    # A version arrow (‹ 2/3 ›) or "Load earlier" clicked in the chat.
+    ui.chat_links.click(
+        h.follow_chat_link, shown, [ui.chatbot, ui.usage_total, ui.window], **PRIVATE
+    )
 
 
 def _wire_turns(ui: UI, h: Handlers) -> None:
     """A turn: busy controls (in the browser), the stream into the chat alone, the
     bookkeeping after it (list, id, usage), idle controls (in the browser). Each server step
     costs a queue round and a component rebuild per output it skips, so there are two."""
-    turn_in = {ui.conversation_id, ui.browser, *ui.turn_settings()}
+    turn_in = {ui.conversation_id, ui.browser, ui.window, *ui.turn_settings()}
+    finish_in = {ui.outcome, ui.browser, ui.conversation_id, ui.search, ui.tz}
     streamed = [ui.chatbot, ui.outcome]
+    # Busy also closes a comparison left open: the next turn continues from the answer shown.
+    busy = [*ui.busy_controls(), ui.compare_panel]
     finished = [
         ui.conversation_id,
         ui.chat_input,
@@ -410,14 +367,14 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
     ]
 
     def stream_after(started: Any, stream: Any, inputs: set) -> Any:
-        busy = started.then(h.show_busy, None, ui.busy_controls(), **IN_BROWSER)
-        return stream_then_finish(busy, stream, inputs)
+        shown = started.then(h.show_busy, None, busy, **IN_BROWSER)
+        return stream_then_finish(shown, stream, inputs)
 
-    def stream_then_finish(busy: Any, stream: Any, inputs: set) -> Any:
-        streaming = busy.then(stream, inputs, streamed, **PRIVATE)
-        streaming.then(
-            h.finish_turn, {ui.outcome, ui.browser, ui.conversation_id}, finished, **PRIVATE
-        ).then(h.show_idle, None, ui.busy_controls(), **IN_BROWSER)
+    def stream_then_finish(shown: Any, stream: Any, inputs: set) -> Any:
+        streaming = shown.then(stream, inputs, streamed, **PRIVATE)
+        streaming.then(h.finish_turn, finish_in, finished, **PRIVATE).then(
+            h.show_idle, None, ui.busy_controls(), **IN_BROWSER
+        )
         return streaming
 
     # Submit: the message moves to the hidden `pending` box and the input empties, in the
@@ -435,13 +392,34 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
         {ui.pending, ui.chatbot, *turn_in},
     )
     retried = stream_then_finish(
-        ui.retry_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER), h.retry, turn_in
+        ui.retry_btn.click(h.show_busy, None, busy, **IN_BROWSER), h.retry, turn_in
     )
-    compared = stream_then_finish(
-        ui.compare_btn.click(h.show_busy, None, ui.busy_controls(), **IN_BROWSER),
-        h.compare,
-        turn_in,
+    # Compare: the panel opens with the answer shown on the left; the new one streams into
+    # the right column; the chat above shows the conversation up to the question.
+    compare_view = [
+        ui.chatbot,
+        ui.compare_panel,
+        ui.compare_left,
+        ui.compare_left_label,
+        ui.compare_right,
+        ui.compare_right_label,
+        ui.compare_pick,
+    ]
+    compared = (
+        ui.compare_btn.click(h.show_busy, None, busy, **IN_BROWSER)
+        .then(h.start_compare, turn_in, compare_view, **PRIVATE)
+        .then(h.compare, {*turn_in, ui.compare_pick}, [ui.compare_right, ui.outcome], **PRIVATE)
     )
+    compared.then(
+        h.finish_compare,
+        {*finish_in, ui.compare_pick},
+        [*finished, ui.compare_right, ui.compare_right_label, ui.compare_pick],
+        **PRIVATE,
+    ).then(h.show_idle, None, ui.busy_controls(), **IN_BROWSER)
+    picked: set[Any] = {ui.compare_pick, ui.conversation_id, ui.browser, ui.window}
+    chosen = [ui.chatbot, ui.compare_panel, ui.usage_total]
+    ui.pick_left.click(h.pick_left, picked, chosen, **PRIVATE)
+    ui.pick_right.click(h.pick_right, picked, chosen, **PRIVATE)
     edited = stream_after(
         ui.chatbot.edit(h.begin_edit, None, ui.edit_data, queue=False, **PRIVATE),
         h.edit,
@@ -452,33 +430,13 @@ def _wire_turns(ui: UI, h: Handlers) -> None:
         None, None, None, cancels=[submitted, retried, compared, edited], **PRIVATE
     ).then(
         h.after_stop,
-        {ui.outcome, ui.browser, ui.conversation_id},
-        [ui.chatbot, *finished],
+        {*finish_in, ui.window},
+        [ui.chatbot, ui.compare_panel, *finished],
         **PRIVATE,
     ).then(h.show_idle, None, ui.busy_controls(), **IN_BROWSER)
     ui.undo_btn.click(
         h.undo,
-        {ui.conversation_id, ui.browser},
+        {ui.conversation_id, ui.browser, ui.window},
         [ui.chatbot, ui.chat_input, ui.usage_total],
         **PRIVATE,
     )
-
-
-def _wire_conversations(ui: UI, h: ConversationHandlers) -> None:
-    opened = [ui.chatbot, ui.conversation_id, ui.browser, ui.conversations, ui.usage_total]
-    ui.new_chat_btn.click(h.new_chat, {ui.browser}, [*opened, ui.chat_input], **PRIVATE)
-    ui.conversations.input(
-        h.open_conversation,
-        {ui.conversations, ui.browser, ui.tab_keys},
-        [*opened, *h.settings_outputs],
-        **PRIVATE,
-    )
-    ui.conversation_id.change(
-        h.show_current, {ui.conversation_id}, [ui.title, ui.exported], **PRIVATE
-    )
-    ui.title.submit(
-        h.rename, {ui.conversation_id, ui.title, ui.browser}, ui.conversations, **PRIVATE
-    )
-    ui.export_btn.click(h.export_files, {ui.conversation_id, ui.browser}, ui.exported, **PRIVATE)
-    ui.import_btn.upload(h.import_file, {ui.import_btn, ui.browser}, opened, **PRIVATE)
-    ui.delete_btn.click(h.delete_current, {ui.conversation_id, ui.browser}, opened, **PRIVATE)

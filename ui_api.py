@@ -1,5 +1,6 @@
 """The public Gradio API (mirrors the seed service's REST endpoints): /chat, /history,
-/delete_conversation, /export_conversation, /import_conversation, /roles, /providers.
+/delete_conversation, /export_conversation, /import_conversation, /roles, /providers; and
+/share_conversation, /unshare_conversation (read-only links).
 
 Every refusal is a short gr.Error the caller can act on; nothing else reaches a caller.
 """
@@ -19,6 +20,7 @@ from history import HistoryUnavailable, is_valid_id
 from http_guards import as_text, client_ip
 
 BAD_ID = "That conversation id is not valid (32 hexadecimal characters)."
+NO_CONVERSATION = "No such conversation (it may have expired)."
 # What /chat's `images` must be; api_arguments.FileArgumentCheck answers junk with it before
 # Gradio's own validation would fail with a generic error.
 IMAGES_HELP = (
@@ -62,10 +64,26 @@ class ApiHandlers:
             # update to a worker thread and back (~0.14 ms per update).
             postprocess=False,
         )
+        # /retry streams two strings as /chat does (gr.api would yield one JSON list).
+        with gr.Group(visible=False):
+            retry_in = [gr.Textbox(), gr.Textbox(value=""), gr.Textbox(value="")]
+            retry_out = [gr.Textbox(), gr.Textbox()]  # reply so far, conversation id
+            retry_trigger = gr.Button()
+        retry_trigger.click(
+            self.retry,
+            retry_in,
+            retry_out,
+            api_name="retry",
+            api_description="Stream a new version of the last answer; yields (reply_so_far, "
+            "conversation_id). The earlier versions stay (see /history).",
+            postprocess=False,
+        )
         gr.api(self.history, api_name="history")
         gr.api(self.delete_conversation, api_name="delete_conversation")
         gr.api(self.export_conversation, api_name="export_conversation")
         gr.api(self.import_conversation, api_name="import_conversation")
+        gr.api(self.share_conversation, api_name="share_conversation")
+        gr.api(self.unshare_conversation, api_name="unshare_conversation")
         gr.api(roles, api_name="roles")
         gr.api(self.providers, api_name="providers")
 
@@ -97,6 +115,39 @@ class ApiHandlers:
         try:
             async for update in self.service.turn(request):
                 yield update.answer, update.conversation_id
+                if update.done and update.error:
+                    raise refuse(update.error)
+        except ChatError as exc:
+            raise refuse(str(exc)) from None
+
+    async def retry(
+        self,
+        conversation_id: str,
+        provider: str = "",
+        model: str = "",
+        http: gr.Request | None = None,
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Answer the last message again, as /chat streams: a new version of the last answer
+        (the one shown from then on). Empty provider/model: the conversation's."""
+        cid = as_text(conversation_id)
+        if not is_valid_id(cid):
+            raise refuse(BAD_ID)
+        try:
+            meta = await (await self.service.store()).get_meta(cid)
+        except HistoryUnavailable as exc:
+            raise refuse(str(exc)) from None
+        if meta is None:
+            raise refuse("That conversation no longer exists (it may have expired).")
+        request = TurnRequest(
+            role=meta["role"] if meta.get("role") in ROLES else DEFAULT_ROLE,
+            provider=as_text(provider) or meta.get("provider", ""),
+            model=as_text(model) or (meta.get("model", "") if not as_text(provider) else ""),
+            conversation_id=cid,
+            client_ip=client_ip(http),
+        )
+        try:
+            async for update in self.service.retry(request):
+                yield update.answer, cid
                 if update.done and update.error:
                     raise refuse(update.error)
         except ChatError as exc:
@@ -143,6 +194,38 @@ class ApiHandlers:
         if text is None:
             raise refuse("No such conversation (it may have expired).")
         return text
+
+    async def share_conversation(self, conversation_id: str, http: gr.Request | None = None) -> str:
+        """A read-only link to a snapshot of the conversation: "/?share=<token>". Sharing
+        again updates the snapshot behind the same link."""
+        cid = as_text(conversation_id)
+        if not is_valid_id(cid):
+            raise refuse(BAD_ID)
+        try:
+            await self.service.check_budget("shares", None, client_ip(http))
+            token = await (await self.service.store()).share_conversation(cid)
+        except (ChatError, HistoryUnavailable) as exc:
+            raise refuse(str(exc)) from None
+        if token is None:
+            raise refuse(NO_CONVERSATION)
+        # Relative on purpose: a link built from the Host header could point anywhere.
+        return f"/?share={token}"
+
+    async def unshare_conversation(self, conversation_id: str) -> str:
+        """Stop sharing a conversation: its link stops working at once."""
+        cid = as_text(conversation_id)
+        if not is_valid_id(cid):
+            raise refuse(BAD_ID)
+        try:
+            store = await self.service.store()
+            if await store.unshare_conversation(cid):
+                return "Sharing stopped."
+            known = await store.get_meta(cid) is not None
+        except HistoryUnavailable as exc:
+            raise refuse(str(exc)) from None
+        if not known:
+            raise refuse(NO_CONVERSATION)
+        return "That conversation was not shared."
 
     async def import_conversation(self, data: str, http: gr.Request | None = None) -> str:
         """Import a JSON export as a new conversation; returns its id."""

@@ -21,10 +21,36 @@ CSS = """
 /* Images in the chat are previews (a click opens them full screen), not a wall of pixels. */
 #chatbot .image-frame img { max-height: 180px; width: auto; max-width: 100%; object-fit: contain; }
 /* The conversation list: one title per line, and no empty box before the first chat. */
-#conversations:not(:has(label)) { display: none; }
-#conversations .wrap { flex-direction: column; gap: 4px; }
-#conversations label { width: 100%; }
-#conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.conv-group { display: flex; flex-direction: column; gap: 2px; margin-bottom: 10px; }
+.conv-group-title { font-size: 0.75em; font-weight: 600; opacity: 0.65; margin: 4px 6px; }
+.conv { position: relative; display: flex; align-items: center; border-radius: 8px; }
+.conv:hover, .conv[aria-current] { background: var(--background-fill-secondary); }
+.conv[aria-current] { outline: 1px solid var(--border-color-accent); }
+.conv-open { flex: 1; min-width: 0; text-align: left; padding: 6px 8px; background: none;
+  border: 0; cursor: pointer; color: inherit; display: flex; flex-direction: column;
+  font-size: 0.9rem; font-weight: 400; line-height: 1.3; }
+.conv-title, .conv-snippet { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.conv-snippet { font-size: 0.78em; opacity: 0.7; }
+.conv-menu-button { background: none; border: 0; cursor: pointer; padding: 4px 8px;
+  color: inherit; opacity: 0.6; border-radius: 6px; font-size: 1.1em; }
+.conv-menu-button:hover, .conv.menu-open .conv-menu-button { opacity: 1;
+  background: var(--background-fill-primary); }
+.conv-menu { display: none; position: absolute; right: 4px; top: 100%; z-index: 20;
+  flex-direction: column; min-width: 150px; padding: 4px; border-radius: 8px;
+  background: var(--background-fill-primary); border: 1px solid var(--border-color-primary);
+  box-shadow: var(--shadow-drop-lg); }
+.conv.menu-open .conv-menu { display: flex; }
+.conv-menu button { text-align: left; padding: 6px 10px; border: 0; background: none;
+  cursor: pointer; color: inherit; border-radius: 6px; }
+.conv-menu button:hover { background: var(--background-fill-secondary); }
+.conv-menu button[data-action=delete] { color: var(--error-text-color, #c00); }
+.conv-more, .conv-none { font-size: 0.8em; opacity: 0.7; margin: 6px; }
+#chat-tools { align-items: center; gap: 6px; flex-wrap: wrap; }
+#usage-total { font-size: 0.85em; opacity: 0.85; min-height: 0; }
+#compare-panel { gap: 12px; }
+/* Who wrote an answer, when, and its usage: one line (the bubble widens for it). */
+#chatbot .thought-group .title p { white-space: nowrap; }
+#chatbot a[href^="#mmchat-"] { text-decoration: none; padding: 0 6px; font-weight: 600; }
 @media (max-width: 767px) {
   #chatbot { min-height: 52vh !important; }
   #chatbot .image-frame img { max-height: 140px; }
@@ -48,12 +74,32 @@ NARROW_SCREEN_JS = """
     const timer = setInterval(() => { if (close() || ++tries > 100) clearInterval(timer); }, 50);
   }
   document.addEventListener('click', (event) => {
-    if (narrow() && event.target.closest('#conversations label, #new-chat')) {
+    if (narrow() && event.target.closest('#conversations [data-action=open], #new-chat')) {
       setTimeout(close, 150);
     }
   });
 }
 """
+# The chat's own links (chat_view): a version arrow (‹ 2/3 ›) or "Load earlier". An empty
+# gr.HTML runs this once (js_on_load) and turns such a click into its click event with the
+# link's name. Capture phase: before the Chatbot would open the link.
+CHAT_LINKS_JS = """
+if (!window.mmchatLinks) {
+  window.mmchatLinks = true;
+  document.addEventListener('click', (event) => {
+    const link = event.target.closest('a[href^="#mmchat-"]');
+    if (!link || !link.closest('#chatbot')) return;
+    event.preventDefault();
+    event.stopPropagation();
+    trigger('click', {link: link.getAttribute('href').slice(1)});
+  }, true);
+}
+"""
+# What the page runs once when it loads (launch(js=...)).
+PAGE_JS = NARROW_SCREEN_JS
+# The reader's time zone, minutes east of UTC (the list's Today / Yesterday are theirs).
+TIME_ZONE_JS = "() => -new Date().getTimezoneOffset()"
+
 # Shown in the empty chat; a click puts the example into the input box (Enter sends it).
 EXAMPLES: list[Any] = [
     {

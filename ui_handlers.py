@@ -19,10 +19,17 @@ import ui_options
 from chat import ChatError, TurnRequest, TurnUpdate
 from chat_view import display_answer, display_user
 from config import CUSTOM_ROLE
-from history import HistoryUnavailable, is_valid_id
+from history import HistoryUnavailable, is_valid_id, new_id
 from http_guards import client_ip
 from markup_text import safe_markdown
-from ui_state import HandlerBase, Outcome, Update, answer_view, browser_id_of, usage_line
+from ui_state import Outcome, Update, answer_view, browser_id_of, browser_value, usage_line
+from ui_versions import VersionHandlers
+
+NO_SNAPSHOT = (
+    "## This shared chat is not available\n"
+    "The link was revoked, has expired, or is mistyped. · 此分享链接已失效或有误。"
+)
+SHARED_NOTE = "*A read-only snapshot someone shared. · 别人分享的只读对话快照。*"
 
 
 # Run in the browser (Gradio transpiles them to JavaScript): such a step takes no inputs and
@@ -35,6 +42,7 @@ def show_busy() -> tuple:
         gr.Button(interactive=False),
         gr.Button(interactive=False),
         gr.Button(interactive=False),
+        gr.Row(visible=False),  # the compare panel
     )
 
 
@@ -52,23 +60,34 @@ def enable_input() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(interactive=True)
 
 
-def linked_conversation(http: gr.Request | None) -> str:
-    """The conversation id in the page's address (`?c=<id>`), or ""."""
-    value = (http.query_params.get("c") or "").strip() if http is not None else ""
+def linked_conversation(http: gr.Request | None, name: str = "c") -> str:
+    """The conversation id in the page's address (`?c=<id>`), or "" (also the token of a
+    shared snapshot, `?share=<token>`)."""
+    value = (http.query_params.get(name) or "").strip() if http is not None else ""
     return value if is_valid_id(value) else ""
 
 
-class Handlers(HandlerBase):
+class Handlers(VersionHandlers):
     show_busy = staticmethod(show_busy)
     show_idle = staticmethod(show_idle)
     enable_input = staticmethod(enable_input)
 
     # -- page load and settings -----------------------------------------------------------
-    async def on_load(self, data: dict, http: gr.Request) -> Update:
+    async def on_load(
+        self, data: dict, http: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> Update:
         """Give the browser its id and reopen a conversation: the one the page's address
         names (`?c=<id>`: a bookmark, a second tab), else the one it had open."""
         ui, state = self.ui, data[self.ui.browser]
-        browser_id = browser_id_of(state)
+        if http is not None and "share" in http.query_params:
+            return await self.shared_page(data, linked_conversation(http, "share"))
+        # Signed in (Gradio's login, or Hugging Face's: Gradio fills `profile` from the
+        # session): the account's conversations, whatever id this browser held before.
+        account = self.account_id(http, profile)
+        # A browser that held an account's id and is signed in no more (a logout on a
+        # shared computer) starts afresh: the next visitor never sees that account's chats.
+        was_account = bool((state or {}).get("account"))
+        browser_id = account or (new_id() if was_account else browser_id_of(state))
         linked = linked_conversation(http)
         cid = linked or (state or {}).get("conversation_id", "")
         try:
@@ -78,14 +97,14 @@ class Handlers(HandlerBase):
                 cid = (state or {}).get("conversation_id", "")
                 opened = await self.service.open(browser_id, cid) if is_valid_id(cid) else None
             cid = cid if opened else ""
-            shown = await self.service.display(cid, list(opened.messages)) if opened else []
-            listing = await self.conversation_list(browser_id, cid or None)
+            shown: Any = await self.chat_value(cid, opened.messages) if opened else []
+            listing = await self.conversation_list(browser_id, cid or None, tz=data[ui.tz])
         except HistoryUnavailable as exc:
             gr.Warning(str(exc))
-            opened, cid, shown, listing = None, "", [], gr.Radio(choices=[], value=None)
+            opened, cid, shown, listing = None, "", [], ""
         keys, prompts = data[ui.remembered_keys], data[ui.prompts]
         return {
-            ui.browser: {"browser_id": browser_id, "conversation_id": cid},
+            ui.browser: browser_value({"account": bool(account)}, browser_id, cid),
             ui.conversation_id: cid,
             ui.chatbot: shown,
             ui.conversations: listing,
@@ -94,6 +113,30 @@ class Handlers(HandlerBase):
             ui.saved_prompt: gr.Dropdown(choices=sorted(prompts or {}), value=None),
             ui.tab_keys: ui_options.user_keys(keys),  # remembered keys are this tab's too
             ui.remember_keys: gr.Checkbox(value=bool(ui_options.user_keys(keys))),
+        }
+
+    async def shared_page(self, data: dict, token: str) -> Update:
+        """A shared snapshot, read-only: no sidebar, no input, nothing of the viewer's own
+        chats; the viewer's browser state is left as it was."""
+        ui = self.ui
+        try:
+            shared = await (await self.service.store()).get_shared(token) if token else None
+        except HistoryUnavailable as exc:
+            gr.Warning(str(exc))
+            shared = None
+        if shared is None:
+            title, shown = NO_SNAPSHOT, []
+        else:
+            messages = shared["messages"]
+            shown = await self.service.display("shared", messages, max(1, len(messages)))
+            title = f"## {safe_markdown(shared.get('title') or 'Shared chat')}\n{SHARED_NOTE}"
+        return {
+            ui.sidebar: gr.Sidebar(visible=False),
+            ui.workspace: gr.Column(visible=False),
+            ui.shared_view: gr.Column(visible=True),
+            ui.shared_title: title,
+            ui.shared_chat: shown,
+            ui.browser: data[ui.browser],
         }
 
     def on_provider_change(self, provider_id: str) -> Update:
@@ -237,25 +280,24 @@ class Handlers(HandlerBase):
             yield update
 
     async def retry(self, data: dict, http: gr.Request) -> AsyncIterator[Update]:
-        """Answer the last message again, replacing the last answer."""
-        async for update in self._retry(data, http, keep_previous=False):
-            yield update
-
-    async def compare(self, data: dict, http: gr.Request) -> AsyncIterator[Update]:
-        """Answer the last message again beside the last answer (two models side by side)."""
-        async for update in self._retry(data, http, keep_previous=True):
-            yield update
-
-    async def _retry(
-        self, data: dict, http: gr.Request, *, keep_previous: bool
-    ) -> AsyncIterator[Update]:
+        """Answer the last message again: a new version of the last answer."""
         request = self.turn_request(data, http)
         if not request.conversation_id:
             gr.Info("Nothing to answer again yet: send a message first.")
             yield gr.skip()
             return
-        updates = self.service.retry(request, keep_previous=keep_previous)
-        async for update in self._stream(updates, request):
+        async for update in self._stream(self.service.retry(request), request, window=data):
+            yield update
+
+    async def compare(self, data: dict, http: gr.Request) -> AsyncIterator[Update]:
+        """A new version of the last answer from the model now chosen, streamed into the
+        right column of the compare panel (start_compare opened it)."""
+        request = self.turn_request(data, http)
+        if not request.conversation_id or not data[self.ui.compare_pick]:
+            yield gr.skip()  # nothing to compare with (start_compare said so)
+            return
+        updates = self.service.retry(request)
+        async for update in self._stream(updates, request, into=self.ui.compare_right):
             yield update
 
     async def edit(self, data: dict, http: gr.Request) -> AsyncIterator[Update]:
@@ -267,7 +309,8 @@ class Handlers(HandlerBase):
         index = edited["index"] if isinstance(edited["index"], int) else edited["index"][0]
         value = edited["value"]
         request.text = value if isinstance(value, str) else str(value or "")
-        async for update in self._stream(self.service.edit_shown(request, index), request):
+        edits = self.service.edit_shown(request, index, data[self.ui.window])
+        async for update in self._stream(edits, request, window=data):
             yield update
 
     async def _stream(
@@ -276,12 +319,19 @@ class Handlers(HandlerBase):
         request: TurnRequest,
         shown: list[dict] | None = None,
         message: dict | None = None,
+        *,
+        window: dict | None = None,
+        into: Any = None,
     ) -> AsyncIterator[Update]:
         """The chat while the answer streams: the stored conversation (rendered when a
         snapshot carries it: the first and the last) with the answer so far under it.
         A refusal becomes an inline notice and a toast, and the message goes back into the
-        box (Outcome.restore): nothing the user typed is lost."""
+        box (Outcome.restore): nothing the user typed is lost. `window`: the event's data,
+        whose window of messages the chat keeps; `into`: the Chatbot streamed into (the
+        compare panel's shows the answer alone)."""
         ui = self.ui
+        target = into or ui.chatbot
+        limit = (window or {}).get(ui.window) or None
         # The outcome State is empty when a turn starts (finish_turn and after_stop empty it).
         # It is sent only when it changes (each set rebuilds its config in the session): when
         # the stream starts, when a new conversation gets its id, and at the end.
@@ -290,7 +340,7 @@ class Handlers(HandlerBase):
 
         def chat(value: list[dict]) -> Update:
             nonlocal sent
-            update: Update = {ui.chatbot: value}
+            update: Update = {target: value}
             if outcome != sent:  # (Outcome | None)
                 update[ui.outcome] = sent = outcome
             return update
@@ -305,14 +355,20 @@ class Handlers(HandlerBase):
                     # Saved: the stored truth (receipts, usage), and the conversation's usage.
                     outcome = replace(outcome, usage=usage_line(update.messages))
                     cid = outcome.conversation_id
-                    yield chat(await self.service.display(cid, list(update.messages)))
+                    if into is not None:
+                        yield chat(answer_view(update))
+                        continue
+                    yield chat(await self.service.display(cid, list(update.messages), limit))
+                    continue
+                if into is not None:
+                    yield chat(answer_view(update))
                     continue
                 if update.messages is not None and shown is None:
                     # A retry or an edit: the conversation it answers, as stored now. (A new
                     # message shows what the browser had, plus the message: redrawn at the end
                     # only, since each redraw of a long chat moves its 40-message window.)
                     above = await self.service.display(
-                        outcome.conversation_id, list(update.messages)
+                        outcome.conversation_id, list(update.messages), limit
                     )
                 yield chat([*above, *answer_view(update)])
             if last is not None and last.error:
@@ -334,7 +390,7 @@ class Handlers(HandlerBase):
         outcome = data[ui.outcome] or Outcome(shown_cid)
         browser_id, cid = browser_id_of(data[ui.browser]), outcome.conversation_id
         update: Update = {
-            ui.browser: {"browser_id": browser_id, "conversation_id": cid},
+            ui.browser: browser_value(data[ui.browser], browser_id, cid),
             ui.chat_input: gr.MultimodalTextbox(value=outcome.restore) if outcome.restore else None,
             ui.outcome: None,  # the next turn starts from nothing
         }
@@ -343,7 +399,11 @@ class Handlers(HandlerBase):
         if outcome.usage is not None:
             update[ui.usage_total] = outcome.usage
         try:
-            update[ui.conversations] = await self.conversation_list(browser_id, cid or None)
+            if cid:  # a first answer: its title is being made (briefly waited for, not more)
+                await self.service.title_ready(cid)
+            update[ui.conversations] = await self.conversation_list(
+                browser_id, cid or None, data[ui.search], data[ui.tz], purge=False
+            )
         except HistoryUnavailable as exc:
             gr.Warning(str(exc))
         return update
@@ -353,11 +413,12 @@ class Handlers(HandlerBase):
         ui = self.ui
         cid = (data[ui.outcome] or Outcome(data[ui.conversation_id])).conversation_id
         update = await self.finish_turn(data)
+        update[ui.compare_panel] = gr.Row(visible=False)
         try:
             opened = await self.service.open(browser_id_of(data[ui.browser]), cid)
             if opened:
                 messages = list(opened.messages)
-                update[ui.chatbot] = await self.service.display(cid, messages)
+                update[ui.chatbot] = await self.chat_value(cid, messages, data[ui.window])
                 update[ui.usage_total] = usage_line(messages)
         except (ChatError, HistoryUnavailable) as exc:
             gr.Warning(str(exc))
@@ -378,7 +439,7 @@ class Handlers(HandlerBase):
         messages = list(undone.messages)
         restored: dict[str, Any] = {"text": undone.text, "files": list(undone.image_paths)}
         return {
-            ui.chatbot: await self.service.display(cid, messages),
+            ui.chatbot: await self.chat_value(cid, messages, data[ui.window]),
             ui.chat_input: gr.MultimodalTextbox(value=restored),
             ui.usage_total: usage_line(messages),
         }

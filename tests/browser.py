@@ -180,12 +180,13 @@ class ChatPage:
 
     def titles(self) -> list[str]:
         """The sidebar's conversation titles, top to bottom."""
-        return [t.strip() for t in self.page.locator("#conversations label").all_inner_texts()]
+        titles = self.page.locator("#conversations .conv-title").all_inner_texts()
+        return [t.strip() for t in titles]
 
     def wait_titles(self, predicate_js: str) -> list[str]:
         """Wait until `predicate_js` (a JS function of the titles array) holds."""
         self.page.wait_for_function(
-            f"() => ({predicate_js})([...document.querySelectorAll('#conversations label')]"
+            f"() => ({predicate_js})([...document.querySelectorAll('#conversations .conv-title')]"
             ".map(e => e.innerText.trim()))"
         )
         return self.titles()
@@ -220,13 +221,23 @@ class ChatPage:
         self.page.wait_for_function("sel => document.querySelectorAll(sel).length === 0", arg=USER)
 
     def open_conversation(self, title: str) -> None:
-        self.page.locator("#conversations label").filter(has_text=title).first.click()
+        self.page.locator("#conversations .conv-open").filter(has_text=title).first.click()
+
+    def list_menu(self, title: str, action: str) -> None:
+        """A conversation's ⋯ menu in the list, then one of its actions (rename, pin, unpin,
+        export, share, delete)."""
+        item = self.page.locator("#conversations .conv").filter(has_text=title).first
+        item.locator(".conv-menu-button").click()
+        item.locator(f".conv-menu [data-action={action}]").click()
+
+    def selected_title(self) -> str:
+        """The title of the conversation the list marks as open ("" when none)."""
+        found = self.page.locator("#conversations .conv[aria-current] .conv-title")
+        return found.first.inner_text().strip() if found.count() else ""
 
     def open_chat_tools(self) -> None:
-        """Open the "This chat" accordion (title, export, import, delete) if it is closed."""
-        if not self.page.locator("#chat-title").is_visible():
-            self.page.locator("#chat-tools button").first.click()
-            self.page.wait_for_selector("#chat-title", state="visible")
+        """The chat's header (title, pin, share, export, delete) is always in view."""
+        self.page.wait_for_selector("#chat-title", state="visible")
 
     def toast(self) -> str:
         self.page.wait_for_selector(TOAST)

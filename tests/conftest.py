@@ -35,10 +35,13 @@ def app_env(
     upstream: the `openai` provider talks to it (a test key, its base URL) and is the default.
     redis_url: history in that Redis (a database of the private server); None: embedded store.
     overrides: any other variable, e.g. `RATE_LIMIT_PER_MINUTE="1000"`; None drops a default
-    (`DEFAULT_PROVIDER=None`). Rate limits are never set here: RATE_LIMIT_PER_MINUTE also sets
-    the per-IP and global defaults, so a test that needs them out of the way says so.
+    (`DEFAULT_PROVIDER=None`). AUTO_TITLE is false unless overridden. Rate limits are never
+    set here: RATE_LIMIT_PER_MINUTE also sets the per-IP and global defaults, so a test that
+    needs them out of the way says so.
     """
-    env: dict[str, str | None] = {}
+    # Titles by the model are off: the fake upstream would answer the title request too
+    # (tests/test_auto_title.py and the browser test of titles turn them on).
+    env: dict[str, str | None] = {"AUTO_TITLE": "false"}
     if upstream is not None:
         env |= {
             "OPENAI_API_KEY": TEST_KEY,

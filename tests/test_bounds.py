@@ -475,9 +475,7 @@ async def test_turn_kinds_each_count_as_a_turn():
         updates = await run(service.turn(TurnRequest(text="one", browser_id=browser)))
         cid = updates[-1].conversation_id
         await run(service.retry(TurnRequest(conversation_id=cid, browser_id=browser)))
-        await run(
-            service.retry(TurnRequest(conversation_id=cid, browser_id=browser), keep_previous=True)
-        )
+        await run(service.retry(TurnRequest(conversation_id=cid, browser_id=browser)))
         with pytest.raises(ChatRateLimited, match="You are sending messages too fast"):
             await run(
                 service.edit_shown(

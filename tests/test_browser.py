@@ -292,13 +292,13 @@ def test_buttons_with_nothing_to_do_leave_the_page_as_it_is(app, chat):
     assert chat.page.locator("#custom-prompt textarea").input_value() == "You are terse."
     chat.send("Keep my title")
     before = chat.wait_titles("t => t.length === 1")
-    assert chat.page.locator("#conversations input:checked").count() == 1
+    assert chat.page.locator("#conversations .conv[aria-current]").count() == 1
     chat.open_chat_tools()
     chat.page.locator("#chat-title input").fill("   ")
     chat.page.locator("#chat-title input").press("Enter")
     chat.page.wait_for_timeout(800)
     assert chat.titles() == before
-    assert chat.page.locator("#conversations input:checked").count() == 1, "still selected"
+    assert chat.page.locator("#conversations .conv[aria-current]").count() == 1, "still open"
     assert app.log().count("Traceback") == tracebacks
     assert chat.page.locator(INPUT).is_enabled()
 
@@ -354,21 +354,21 @@ def test_rename_export_import_and_delete(chat, tmp_path):
         chat.click("import")
     chooser.value.set_files(str(exported))
     titles = chat.wait_titles("t => t.length === 2")
-    assert titles.count("Renamed by the test") == 2, "the import is a new conversation"
+    assert titles == ["Renamed by the test (2)", "Renamed by the test"], "a new one, told apart"
     chat.wait_for_answer("Echo: A chat to manage")
 
-    chat.open_chat_tools()
     chat.click("delete-chat")
     assert chat.wait_titles("t => t.length === 1") == ["Renamed by the test"]
     chat.page.wait_for_function("sel => document.querySelectorAll(sel).length === 0", arg=USER)
     chat.reload()
     assert chat.titles() == ["Renamed by the test"]
-    # Deleting the exported conversation takes its export files with it.
+    # Deleting the exported conversation takes its export files with it, once Undo is over.
     chat.open_conversation("Renamed by the test")
     chat.wait_for_answer("Echo: A chat to manage")
-    chat.open_chat_tools()
     chat.click("delete-chat")
     chat.wait_titles("t => t.length === 0")
+    chat.page.wait_for_selector("#deleted-row", state="visible")
+    chat.page.wait_for_selector("#deleted-row", state="hidden", timeout=20_000)
     gone = [httpx.get(href, timeout=10).status_code for href in hrefs]
     assert all(status in (403, 404) for status in gone), gone  # Gradio: 403 for a lost file
 
@@ -487,7 +487,7 @@ def test_phone_width_layout_works(demo_app, new_context):
     page.locator("#sidebar .toggle-button").click()
     page.wait_for_function(sidebar_open)
     titles = chat.wait_titles("t => t.length === 2")
-    assert titles[0].startswith("What is in this picture?") and titles[1] == "Hello from a phone"
+    assert titles[0].startswith("What is in this picture") and titles[1] == "Hello from a phone"
     shot(page, "phone-sidebar-open")
     chat.open_conversation("Hello from a phone")
     page.wait_for_function(sidebar_closed)

@@ -401,22 +401,22 @@ async def test_first_and_last_updates_carry_the_stored_conversation(
     first, last, cid = updates[0], updates[-1], updates[-1].conversation_id
     assert contents(first.messages) == [("user", "hi")]
     assert all(u.messages is None for u in updates[1:-1])
-    assert last.done and list(last.messages) == await service.history(cid)
+    assert last.done and list(last.messages) == await (await service.store()).get_messages(cid)
 
     again = await run(service, text="more", conversation_id=cid, provider="openai")
     assert contents(again[0].messages) == [*contents(last.messages), ("user", "more")]
-    assert list(again[-1].messages) == await service.history(cid)
+    assert list(again[-1].messages) == await (await service.store()).get_messages(cid)
 
     retry = TurnRequest(conversation_id=cid, provider="openai", model="gpt-4o")
     retried = [u async for u in service.retry(retry)]
     assert contents(retried[0].messages) == contents(last.messages) + [("user", "more")]
-    assert list(retried[-1].messages) == await service.history(cid)
+    assert list(retried[-1].messages) == await (await service.store()).get_messages(cid)
 
     edit = TurnRequest(text="hello", conversation_id=cid, provider="openai")
     edited = [u async for u in service.edit_shown(edit, 0)]
     assert contents(edited[0].messages) == [("user", "hello")]
     assert contents(edited[-1].messages) == [("user", "hello"), ("assistant", "Echo: hello")]
-    assert list(edited[-1].messages) == await service.history(cid)
+    assert list(edited[-1].messages) == await (await service.store()).get_messages(cid)
     # The UI renders them without reading history again.
     shown = await service.display(cid, edited[-1].messages)
     assert shown == await service.display(cid)
@@ -436,7 +436,7 @@ async def test_the_last_messages_follow_the_store_s_trim(redis_url, upstream, ma
         ("user", "two"),
         ("assistant", "Echo: two"),
     ]
-    assert list(updates[-1].messages) == await service.history(cid)
+    assert list(updates[-1].messages) == await (await service.store()).get_messages(cid)
 
 
 async def test_a_turn_reads_the_conversation_once(redis_url, upstream, make_service, monkeypatch):
@@ -527,7 +527,7 @@ async def test_edit_shown_edits_by_the_chatbot_s_index(
     first = await run(service, text="look", images=[png_file(tmp_path)], provider="openai")
     cid = first[-1].conversation_id
     await run(service, text="is <div> ok?", conversation_id=cid, provider="openai")
-    stored = await service.history(cid)
+    stored = await (await service.store()).get_messages(cid)
     shown, positions = await service.display_indexed(cid)
     # The image's receipt and the answers' usage lines sit between the stored messages.
     index = positions.index(2)
@@ -547,7 +547,8 @@ async def test_edit_shown_edits_by_the_chatbot_s_index(
     for not_yours in (index - 1, len(positions), -1, positions.index(1)):
         with pytest.raises(ChatError, match="Only your own messages"):
             [u async for u in service.edit_shown(edit, not_yours)]
-    assert await service.history(cid) == list(updates[-1].messages), "refusals change nothing"
+    kept = await (await service.store()).get_messages(cid)
+    assert kept == list(updates[-1].messages), "refusals change nothing"
 
 
 async def test_undo_last_gives_back_the_text_images_and_what_is_left(
@@ -562,7 +563,7 @@ async def test_undo_last_gives_back_the_text_images_and_what_is_left(
     assert len(undone.image_paths) == 1 and Path(undone.image_paths[0]).is_file()
     assert Image.open(undone.image_paths[0]).convert("RGB").getpixel((1, 1)) == (0, 255, 0)
     assert contents(undone.messages) == [("user", "first"), ("assistant", "Echo: first")]
-    assert list(undone.messages) == await service.history(cid)
+    assert list(undone.messages) == await (await service.store()).get_messages(cid)
     assert (await service.undo_last(cid)).messages == ()
     assert await service.undo_last(cid) is None, "nothing left to undo"
 

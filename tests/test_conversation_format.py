@@ -45,7 +45,7 @@ def test_published_schema_is_the_models_schema():
     assert published == schema_block()
     body = published.split("```json\n", 1)[1].rsplit("\n```", 1)[0]
     assert json.loads(body) == ExportFile.model_json_schema()
-    assert json.loads(body)["properties"]["version"]["const"] == 1
+    assert json.loads(body)["properties"]["version"]["enum"] == [1, 2]
 
 
 def test_an_export_round_trips_with_unknown_fields_kept():
@@ -71,7 +71,7 @@ def test_an_export_round_trips_with_unknown_fields_kept():
         "content": [{"type": "text", "text": "A cat."}],
         "status": "complete",
         "usage": {"prompt_tokens": 10, "details": {"cached": 2}},
-        "versions": [{"content": "A dog?"}],  # a field this version does not name
+        "annotations": [{"content": "A dog?"}],  # a field this version does not name
     }
     meta = {"title": "Cats", "id": "x", "browser": "y", "updated": "1", "bytes": "9",
             "created": "1712345678.5", "temperature": "0.7"}  # fmt: skip
@@ -87,11 +87,26 @@ def test_an_export_round_trips_with_unknown_fields_kept():
 
 
 def test_format_and_version_are_checked():
-    assert validate_export({"messages": []}).version == 1  # both may be left out
-    for top in ({"version": 2}, {"version": "1"}, {"version": True}, {"format": "other"}):
+    assert validate_export({"messages": []}).version == 2  # both may be left out
+    assert validate_export({"messages": [], "version": 1}).version == 1  # older files read
+    for top in ({"version": 3}, {"version": "1"}, {"version": True}, {"format": "other"}):
         assert refusal({"messages": [], **top}) == (
-            "unsupported format or version: this app reads 'chat-history' version 1"
+            "unsupported format or version: this app reads 'chat-history' versions 1 and 2"
         )
+
+
+def test_versions_branches_and_feedback_round_trip_with_their_images():
+    image = {"sha256": "0" * 64, "name": "x.png"}
+    branch = {"role": "assistant", "content": "old answer", "feedback": "down"}
+    version = {"role": "user", "content": "first", "images": [image], "after": [branch]}
+    message = {"role": "user", "content": "edited", "versions": [version, None], "version": 1}
+    meta, messages, _ = parse_export(export(message))
+    kept = messages[0]
+    assert kept["version"] == 1 and kept["versions"][1] is None
+    assert kept["versions"][0]["after"] == [branch]
+    assert kept["versions"][0]["images"] == [image]
+    assert refusal(export({"role": "assistant", "feedback": "meh"}))
+    assert refusal(export({"role": "user", "versions": [{"role": "user", "after": "x"}]}))
 
 
 def test_too_many_messages_are_refused_before_they_are_read():

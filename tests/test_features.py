@@ -116,18 +116,20 @@ async def test_regenerate_with_another_model_keeps_both(service, upstream):
     first = await run(service.turn(TurnRequest(text="q", provider="openai", model="gpt-4o")))
     cid = first[-1].conversation_id
     other = TurnRequest(provider="openai", model="gpt-4o-mini", conversation_id=cid)
-    await run(service.retry(other, keep_previous=True))
+    await run(service.retry(other))
     stored = await service.history(cid)
     assert [(m["role"], m.get("model")) for m in stored] == [
         ("user", None),
-        ("assistant", "gpt-4o"),
         ("assistant", "gpt-4o-mini"),
     ]
-    assert [m["content"] for m in stored[1:]] == ["answer from 4o", "answer from mini"]
+    versions = stored[1]["versions"]
+    assert stored[1]["version"] == 1 and len(versions) == 2
+    assert [v["content"] for v in versions] == ["answer from 4o", "answer from mini"]
+    assert [v["model"] for v in versions] == ["gpt-4o", "gpt-4o-mini"]
     await run(service.turn(TurnRequest(text="next", provider="openai", conversation_id=cid)))
     sent = upstream.requests[-1]["messages"]
     assert [m["content"] for m in sent[1:]] == ["q", "answer from mini", "next"], (
-        "only the newest of the compared answers goes on as context"
+        "only the version shown goes on as context"
     )
 
 

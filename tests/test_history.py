@@ -515,7 +515,7 @@ async def test_import_recomputes_image_hashes(store):
         ),
         ({"messages": [], "meta": {"title": 5}}, "meta field 'title' must be a string"),
         ({"messages": [], "format": "something-else"}, "unsupported format or version"),
-        ({"messages": [], "version": 2}, "unsupported format or version"),
+        ({"messages": [], "version": 3}, "unsupported format or version"),
     ],
 )
 async def test_import_refuses_garbage(store, garbage, says):

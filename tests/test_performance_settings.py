@@ -209,7 +209,7 @@ async def test_a_long_conversation_shows_its_latest_messages_after_a_note(redis_
         await store.append_turn(cid, stored)
         shown, positions = await service.display_indexed(cid)
         hidden = 100 - service.display_limit
-        assert shown[0]["metadata"]["title"] == f"⋯ {hidden} earlier messages"
+        assert shown[0]["content"][0]["text"].startswith(f"⋯ {hidden} earlier messages · ")
         assert positions[0] == -1
         texts = [m["content"][0]["text"] for m in shown[1:]]
         assert texts == [f"message {i}" for i in range(hidden, 100)]

@@ -70,8 +70,8 @@ def test_own_key_enables_a_provider_for_this_browser_only(chat, app, upstream, n
     body, headers = upstream.requests[-1], upstream.headers[-1]
     assert headers["authorization"] == f"Bearer {USER_KEY}"
     assert body["model"] == "moonshot-v1-8k" and body["temperature"] == 0.3
-    # the usage line under the answer: Kimi reports no usage, so it is an estimate (~)
-    chat.page.wait_for_selector("#chatbot >> text=/📊 ~\\d+ in/")
+    # the line under the answer: who wrote it, and (Kimi reports no usage) an estimate, "~"
+    chat.page.wait_for_selector("#chatbot >> text=/📊 moonshot-v1-8k · Kimi .* · ~\\d+→~\\d+ tok/")
 
     # "this tab only" by default: nothing in the browser's storage, gone after a reload
     assert USER_KEY not in local_storage(chat)
@@ -128,9 +128,11 @@ def test_edit_a_message_then_compare_two_answers(chat, upstream):
 
     before = len(upstream.requests)
     chat.click("compare")
-    chat.page.wait_for_function(
-        "() => [...document.querySelectorAll('#chatbot [data-testid=bot]')]"
-        ".filter(e => e.innerText.includes('Echo: edited question')).length >= 2"
-    )
+    chat.page.wait_for_selector("#compare-panel", state="visible")
+    for side in ("left", "right"):
+        chat.page.wait_for_function(
+            "sel => (document.querySelector(sel)?.innerText || '').includes('Echo: edited')",
+            arg=f"#compare-{side}",
+        )
     chat.wait_idle()
     assert len(upstream.requests) == before + 1, "Compare asked the model once more"

@@ -78,16 +78,19 @@ def test_share_and_auth_flags_reach_the_launch_options():
     assert "--auth user:password" in warning, "the warning says what to do"
 
     assert shared_with_auth["share"] is True
-    assert shared_with_auth["auth"] == ["ann", "correct-horse"]
+    assert shared_with_auth["auth"] == [["ann", "correct-horse"]]
     assert not any(WARNING in line for line in shared_with_auth["log"])
 
-    assert bad == {"exit": "--auth / APP_AUTH must look like user:password"}
+    assert bad == {
+        "exit": "--auth / APP_AUTH must be user:password pairs, comma-separated: "
+        "pair 1 has no colon"
+    }
 
 
 @pytest.mark.e2e  # a fresh `import app` in a subprocess
 def test_app_auth_variable_counts_as_a_login_for_sharing():
     (shared,) = probe([["--share"]], env={"APP_AUTH": "bob:battery-staple"})
-    assert shared["share"] is True and shared["auth"] == ["bob", "battery-staple"]
+    assert shared["share"] is True and shared["auth"] == [["bob", "battery-staple"]]
     assert not any(WARNING in line for line in shared["log"])
 
 
