@@ -48,8 +48,9 @@ CSS = """
 #chat-tools { align-items: center; gap: 6px; flex-wrap: wrap; }
 #usage-total { font-size: 0.85em; opacity: 0.85; min-height: 0; }
 #compare-panel { gap: 12px; }
-/* Who wrote an answer, when, and its usage: one line (the bubble widens for it). */
-#chatbot .thought-group .title p { white-space: nowrap; }
+/* Who wrote an answer, when, and its usage: one line (the bubble widens for it); a phone
+   wraps it rather than scroll the page sideways. */
+@media (min-width: 768px) { #chatbot .thought-group .title p { white-space: nowrap; } }
 #chatbot a[href^="#mmchat-"] { text-decoration: none; padding: 0 6px; font-weight: 600; }
 @media (max-width: 767px) {
   #chatbot { min-height: 52vh !important; }

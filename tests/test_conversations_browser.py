@@ -224,6 +224,8 @@ def test_compare_stacks_on_a_phone(app, new_context, upstream):
     left = chat.page.locator("#compare-left").bounding_box()
     right = chat.page.locator("#compare-right").bounding_box()
     assert left and right and right["y"] >= left["y"] + left["height"] - 1, "one above the other"
+    # The line saying who wrote an answer wraps here rather than push the page sideways.
+    assert chat.page.evaluate("() => document.documentElement.scrollWidth") <= 390
     chat.page.locator(PANEL).scroll_into_view_if_needed()
     docs_shot(chat.page, "compare-phone")
 
