@@ -16,7 +16,7 @@ import ipaddress
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
@@ -181,11 +181,23 @@ class Settings:
     trusted_proxies: tuple[str, ...] | None = None
     trusted_proxy_hops: int = 0
     max_request_mb: float = 32.0  # the largest /api/chat body read (8 resized images fit)
+    # An attached document (documents.py): its size, and the characters of its text the
+    # model gets (the rest is cut, and the receipt says so).
+    max_document_mb: float = 10.0
+    max_document_chars: int = 100_000
     max_login_failures: int = 10  # wrong passwords per address per window, then 429; 0 = off
     login_window_s: float = 300.0
     # After a conversation's first answer the model names it (auto_title.py); False keeps
     # the first message as the title and saves that request.
     auto_title: bool = True
+    # Tools (tools.py, tool_builtin.py, tool_amap.py): TOOLS is the default set, a comma list
+    # of names ("" = none, so requests stay as they were); a turn runs at most
+    # max_tool_rounds model calls with tool results. The AMap key enables the geo tools; it
+    # is kept out of repr() so a logged Settings never shows it.
+    tools: str = ""
+    max_tool_rounds: int = 5
+    amap_api_key: str | None = field(default=None, repr=False)
+    amap_base_url: str = "https://restapi.amap.com"
 
     @property
     def history_ttl_seconds(self) -> int:
@@ -194,6 +206,10 @@ class Settings:
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_document_bytes(self) -> int:
+        return int(self.max_document_mb * 1024 * 1024)
 
     @property
     def max_stored_bytes_per_browser(self) -> int:
@@ -244,9 +260,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # A Space (SPACE_ID is set there) is reached only through its one proxy.
         trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 1 if env.get("SPACE_ID") else 0),
         max_request_mb=_float(env, "MAX_REQUEST_MB", 32.0, minimum=0.01),
+        max_document_mb=_float(env, "MAX_DOCUMENT_MB", 10.0, minimum=0.01),
+        max_document_chars=_int(env, "MAX_DOCUMENT_CHARS", 100_000, minimum=1),
         max_login_failures=_int(env, "MAX_LOGIN_FAILURES", 10),
         login_window_s=_float(env, "LOGIN_WINDOW_SECONDS", 300.0, minimum=1),
         auto_title=_bool(env, "AUTO_TITLE", True),
+        tools=",".join(p.strip() for p in (env.get("TOOLS") or "").split(",") if p.strip()),
+        max_tool_rounds=_int(env, "MAX_TOOL_ROUNDS", 5, minimum=1),
+        amap_api_key=(env.get("AMAP_API_KEY") or "").strip() or None,
+        amap_base_url=(env.get("AMAP_BASE_URL") or "").strip().rstrip("/")
+        or "https://restapi.amap.com",
     )
 
 

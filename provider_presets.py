@@ -159,7 +159,20 @@ class Finished:
     usage: dict | None = None  # {"prompt_tokens", "completion_tokens", "total_tokens"}
 
 
-StreamEvent = ContentDelta | ReasoningDelta | Finished
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """One streamed piece of a tool call (OpenAI's `delta.tool_calls[i]`). The first piece
+    of a call usually carries `id` and `name`, later ones only `arguments` fragments (JSON
+    text cut anywhere); several calls interleave by `index`. tool_calls.ToolCallCollector
+    puts the pieces back together."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str = ""
+
+
+StreamEvent = ContentDelta | ReasoningDelta | ToolCallDelta | Finished
 
 # --------------------------------------------------------------------------------------
 # Configuration helpers

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from provider_presets import (
     Provider,
     ReasoningDelta,
     StreamEvent,
+    ToolCallDelta,
     build_provider,
     demo_provider_record,
     display_url,
@@ -55,6 +57,7 @@ __all__ = [
     "Providers",
     "ReasoningDelta",
     "StreamEvent",
+    "ToolCallDelta",
     "demo_reply",
     "display_url",
     "error_info",
@@ -238,18 +241,26 @@ class Providers:
         max_tokens: int | None = None,
         top_p: float | None = None,
         api_key: str | None = None,
+        tools: list[dict] | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream one answer as ContentDelta / ReasoningDelta events, then one Finished.
+        """Stream one answer as ContentDelta / ReasoningDelta / ToolCallDelta events, then
+        one Finished ("tool_calls" when the model wants its calls run).
 
         Raises ProviderError. Closing the generator (aclose, task cancel) closes the
         upstream HTTP response at once, so the provider stops generating. `api_key` is a
         user's own key (never stored, never logged, redacted from error messages).
+        `tools` is the OpenAI `tools` list, sent as is when non-empty (None or [] sends
+        nothing: the request stays as it was without tools); `messages` may then replay
+        `assistant` messages with `tool_calls` and `tool` results (see tool_calls.py).
+        The offline demo ignores `tools`.
         """
         provider, model = self.resolve(provider_id, model, api_key=api_key)
         if provider.id == DEMO_ID:
             events = demo_events(messages, self._demo_delay_s)
         else:
-            params = self._params(provider, model, messages, temperature, max_tokens, top_p)
+            params = self._params(
+                provider, model, messages, temperature, max_tokens, top_p, tools=tools
+            )
             events = self._stream_with_retries(provider, model, params, api_key)
         async with contextlib.aclosing(events) as inner:
             async for event in inner:
@@ -263,8 +274,12 @@ class Providers:
         temperature: float | None,
         max_tokens: int | None,
         top_p: float | None = None,
+        *,
+        tools: list[dict] | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        if tools:  # OpenAI rejects an empty list ("[] is too short"): none means no key
+            params["tools"] = tools
         # GPT-5 and o-series accept only the default sampling settings (400 otherwise).
         if not re.search(r"(^|/)(gpt-5|o\d)", model.lower()):
             if temperature is not None:
@@ -435,10 +450,36 @@ def _chunk_events(chunk: Any) -> list[StreamEvent]:
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events.append(ContentDelta(_valid_unicode(content)))
+            events.extend(_tool_call_deltas(delta.get("tool_calls")))
         reason = _field(choice, "finish_reason")
         if isinstance(reason, str) and reason:
             events.append(Finished(reason))
     return events
+
+
+def _tool_call_deltas(raw: Any) -> list[ToolCallDelta]:
+    """`delta.tool_calls` as events: `[{index, id?, type?, function: {name?, arguments?}}]`.
+    A piece without `index` (some compatible servers send whole calls) takes its position
+    in the list; arguments sent as a JSON object (Ollama-style) become JSON text; a piece
+    with nothing in it is skipped."""
+    deltas: list[ToolCallDelta] = []
+    for position, piece in enumerate(raw if isinstance(raw, list) else ()):
+        if not isinstance(piece, dict):
+            continue
+        index = piece.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = position
+        function = _field(piece, "function") or {}
+        call_id, name = piece.get("id"), _field(function, "name")
+        arguments = _field(function, "arguments")
+        if isinstance(arguments, dict | list):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        call_id = call_id if isinstance(call_id, str) and call_id else None
+        name = _valid_unicode(name) if isinstance(name, str) and name else None
+        arguments = _valid_unicode(arguments) if isinstance(arguments, str) else ""
+        if call_id or name or arguments:
+            deltas.append(ToolCallDelta(index, call_id, name, arguments))
+    return deltas
 
 
 def _field(data: object, name: str, default: Any = None) -> Any:

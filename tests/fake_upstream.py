@@ -7,7 +7,8 @@
         assert len(up.requests) == 2 and up.requests[0]["model"] == "gpt-4o"
 
 `POST .../chat/completions` pops the next scripted behaviour (default when the queue is
-empty: stream "Echo: <last user text>"), `GET .../models` lists `models`. Every chat request
+empty: stream "Echo: <last user text>"; `tool_calls(...)` and `from_tool_results()` for
+the tool loop), `GET .../models` lists `models`. Every chat request
 is recorded (`requests` = JSON bodies, `headers` = lower-cased request headers), and every
 streamed answer gets a `StreamRecord` saying whether the client hung up before it ended
 (`disconnects`, `disconnected` Event, `wait_for_disconnect()`), so a test can prove that
@@ -93,6 +94,14 @@ class Exchange:
                     if isinstance(p, dict) and p.get("type") == "text"
                 )
         return ""
+
+    def tool_results(self) -> list[str]:
+        """The `content` of the request's `tool` messages after its last user message
+        (this round's results), in order."""
+        messages = [m for m in self.body.get("messages") or [] if isinstance(m, dict)]
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        start = users[-1] + 1 if users else 0
+        return [str(m.get("content") or "") for m in messages[start:] if m.get("role") == "tool"]
 
     # ---- plain responses
 
@@ -350,6 +359,70 @@ def drop_connection(after_text: str | None = None) -> Behaviour:
         ex.drop()
 
     return run
+
+
+def tool_calls(
+    *calls: tuple[str, dict], split: int = 3, content: str = "", chunk_size: int = 4
+) -> Behaviour:
+    """The model asks for tools: `content` first (if any), then each `(name, arguments)`
+    call the way OpenAI streams it: a first piece with `id` ("call_<request>_<n>"), `type`
+    and the name, then the arguments' JSON cut into `split` pieces; the calls' pieces
+    interleave (every first piece, then every call's 1st fragment, ...). Then
+    finish_reason "tool_calls", the usage chunk when asked, `[DONE]`. Non-streaming
+    requests get one chat.completion with `message.tool_calls`."""
+
+    def run(ex: Exchange) -> None:
+        ids = [f"call_{ex.index}_{n}" for n in range(len(calls))]
+        texts = [json.dumps(arguments, ensure_ascii=False) for _, arguments in calls]
+        if not ex.streaming:
+            ex.send_json(200, _tool_completion(ex, content, calls, ids, texts))
+            return
+        ex.start_stream()
+        ex.send_text(content, chunk_size)
+        for n, (name, _) in enumerate(calls):
+            first = {"index": n, "id": ids[n], "type": "function"}
+            ex.send_delta(_tool_delta(dict(first, function={"name": name, "arguments": ""})))
+        pieces = [_split(text, -(-len(text) // max(1, split))) for text in texts]
+        for round_ in range(max((len(p) for p in pieces), default=0)):
+            for n, parts in enumerate(pieces):
+                if round_ < len(parts):
+                    piece = {"index": n, "function": {"arguments": parts[round_]}}
+                    ex.send_delta(_tool_delta(piece))
+        ex.send_delta({}, "tool_calls")
+        if ex.include_usage:
+            ex.send_usage(content + " " + " ".join(texts))
+        ex.end_stream()
+
+    return run
+
+
+def from_tool_results(prefix: str = "Result: ") -> Behaviour:
+    """Answer with this round's tool results (`Exchange.tool_results`), joined by " | "
+    after `prefix`, so a test sees that the results reached the model; "No tool results."
+    when the request had none."""
+
+    def run(ex: Exchange) -> None:
+        results = ex.tool_results()
+        reply(prefix + " | ".join(results) if results else "No tool results.")(ex)
+
+    return run
+
+
+def _tool_delta(piece: dict) -> dict:
+    return {"role": "assistant", "content": None, "tool_calls": [piece]}
+
+
+def _tool_completion(
+    ex: Exchange, content: str, calls: tuple[tuple[str, dict], ...], ids: list, texts: list
+) -> dict:
+    completion = _completion(ex, content, "", "tool_calls")
+    message = completion["choices"][0]["message"]
+    message["content"] = content or None
+    message["tool_calls"] = [
+        {"id": ids[n], "type": "function", "function": {"name": name, "arguments": texts[n]}}
+        for n, (name, _) in enumerate(calls)
+    ]
+    return completion
 
 
 def _completion(ex: Exchange, text: str, reasoning: str, finish: str) -> dict:
@@ -617,10 +690,12 @@ __all__ = [
     "echo",
     "error",
     "free_port",
+    "from_tool_results",
     "malformed",
     "mid_error",
     "reply",
     "slow",
     "stall",
+    "tool_calls",
     "unaccepted_port",
 ]
