@@ -18,7 +18,7 @@ from chat_budgets import ChatBudgets
 from chat_errors import ChatError
 from chat_images import ChatImages
 from chat_types import Opened, Plan
-from chat_view import first_shown, render_indexed
+from chat_view import answer_at, first_shown, render_indexed
 from config import Settings
 from history import ConversationChanged, HistoryStore, HistoryUnavailable, InvalidId, is_valid_id
 from providers import Providers
@@ -125,10 +125,31 @@ class ConversationService:
     ) -> tuple[dict, ...]:
         """Thumbs up ("up"), down ("down") or none (None) on the answer at `position`; the
         conversation as stored after it."""
-        if value not in FEEDBACK:
-            raise ChatError("Feedback is a thumbs up or down.")
+        opened = await self._owned(browser_id, cid)
+        return await self._rate(cid, list(opened.messages), position, value)
+
+    async def set_feedback_shown(
+        self,
+        browser_id: str,
+        cid: str,
+        shown_index: int,
+        value: str | None,
+        window: int | None = None,
+    ) -> tuple[dict, ...] | None:
+        """`set_feedback` on the answer of the Chatbot's message `shown_index` (as
+        `display_indexed` shows the conversation with `window` messages); None when that
+        message is not an answer's. One read of the conversation."""
         opened = await self._owned(browser_id, cid)
         messages = list(opened.messages)
+        shown, positions = render_indexed(messages, {}, window or self.display_limit)
+        position = answer_at(messages, shown, positions, shown_index)
+        return await self._rate(cid, messages, position, value) if position >= 0 else None
+
+    async def _rate(
+        self, cid: str, messages: list[dict], position: int, value: str | None
+    ) -> tuple[dict, ...]:
+        if value not in FEEDBACK:
+            raise ChatError("Feedback is a thumbs up or down.")
         if not 0 <= position < len(messages) or messages[position]["role"] != "assistant":
             raise ChatError("Only an answer takes a thumbs up or down.")
         rated = {k: v for k, v in messages[position].items() if k != "feedback"}

@@ -215,9 +215,7 @@ class ConversationHandlers(HandlerBase):
         ui = self.ui
         browser_id, store = browser_id_of(data[ui.browser]), await self.service.store()
         meta = await store.get_meta(cid) or {}
-        if not await store.owns(browser_id, cid) or not await store.trash_conversation(
-            browser_id, cid
-        ):
+        if meta.get("browser") != browser_id or not await store.trash_conversation(browser_id, cid):
             return gr.skip()
         title = safe_markdown(meta.get("title") or "New chat")
         update: Update = {

@@ -354,13 +354,11 @@ class Handlers(VersionHandlers):
                 if update.done and update.messages is not None:
                     # Saved: the stored truth (receipts, usage), and the conversation's usage.
                     outcome = replace(outcome, usage=usage_line(update.messages))
-                    cid = outcome.conversation_id
-                    if into is not None:
-                        yield chat(answer_view(update))
+                    if into is None:
+                        cid = outcome.conversation_id
+                        yield chat(await self.service.display(cid, list(update.messages), limit))
                         continue
-                    yield chat(await self.service.display(cid, list(update.messages), limit))
-                    continue
-                if into is not None:
+                if into is not None:  # Compare's column shows the answer alone
                     yield chat(answer_view(update))
                     continue
                 if update.messages is not None and shown is None:

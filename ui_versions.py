@@ -11,7 +11,7 @@ import gradio as gr
 
 import conversation_tree as tree
 from chat import ChatError, Opened
-from chat_view import LOAD_EARLIER, VERSION_LINK, answer_at, authorship, display_answer
+from chat_view import LOAD_EARLIER, VERSION_LINK, authorship, display_answer
 from history import HistoryUnavailable
 from ui_state import HandlerBase, Update, browser_id_of, usage_line
 
@@ -25,22 +25,19 @@ class VersionHandlers(HandlerBase):
     async def rate(self, data: dict, liked: gr.LikeData) -> Update:
         """A thumb on an answer, stored with it (a second click on the same thumb clears it)."""
         ui, cid = self.ui, data[self.ui.conversation_id]
+        if not cid:
+            return gr.skip()
         index = liked.index if isinstance(liked.index, int) else liked.index[0]
         value = LIKED.get(liked.liked) if isinstance(liked.liked, bool) else None
+        browser_id = browser_id_of(data[ui.browser])
         try:
-            opened = await self.service.open(browser_id_of(data[ui.browser]), cid)
-            if opened is None:
-                return gr.skip()
-            messages = list(opened.messages)
-            shown, positions = await self.service.display_indexed(cid, messages, data[ui.window])
-            position = answer_at(messages, shown, positions, index)
-            if position < 0:
-                return gr.skip()
-            rated = await self.service.set_feedback(opened.meta["browser"], cid, position, value)
+            rated = await self.service.set_feedback_shown(
+                browser_id, cid, index, value, data[ui.window]
+            )
         except (ChatError, HistoryUnavailable) as exc:
             gr.Warning(str(exc))
             return gr.skip()
-        return {ui.usage_total: usage_line(rated)}
+        return {ui.usage_total: usage_line(rated)} if rated is not None else gr.skip()
 
     async def follow_chat_link(self, data: dict, event: gr.EventData) -> Update:
         """A link of the chat's own was clicked: a version arrow, or "Load earlier"."""

@@ -14,6 +14,7 @@ import history
 from history import HistoryStore, HistoryUnavailable, InvalidId, SearchHit
 from history_search import MAX_QUERY_CHARS, fold, original_span, query_terms, snippet
 from tests.servers import RedisServer
+from tests.test_history import replica  # another process's store: a cold cache
 
 pytestmark = pytest.mark.anyio
 
@@ -49,20 +50,6 @@ async def store(request):
     store = await HistoryStore.connect(url, ttl_seconds=TTL, prefix="t:")
     yield store
     await store.close()
-
-
-def replica(store: HistoryStore) -> HistoryStore:
-    """Another process's store on the same Redis: its own (cold) search cache."""
-    return HistoryStore(
-        store.redis,
-        store.redis,
-        embedded=store.embedded,
-        url_for_display=store.url_for_display,
-        ttl_seconds=store.ttl_seconds,
-        max_messages=store.max_messages,
-        prefix=store.prefix,
-        image_cache_bytes=history.DEFAULT_IMAGE_CACHE_BYTES,
-    )
 
 
 async def chat(store: HistoryStore, browser: str, *texts: str, title: str = "") -> str:

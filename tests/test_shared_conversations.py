@@ -21,6 +21,7 @@ from history import HistoryStore, HistoryUnavailable, InvalidId
 from tests.app_server import AppServer
 from tests.conftest import app_env
 from tests.servers import RedisServer
+from tests.test_history import image_key
 
 TTL = 3600
 BAD_ID = "That conversation id is not valid (32 hexadecimal characters)."
@@ -37,10 +38,6 @@ def share_key(store: HistoryStore, token: str) -> str:
 
 def token_key(store: HistoryStore, cid: str) -> str:
     return f"{store.prefix}conv:{cid}:share"
-
-
-def image_key(store: HistoryStore, sha: str) -> str:
-    return f"{store.prefix}img:{sha}"
 
 
 def image() -> tuple[str, bytes]:

@@ -192,3 +192,14 @@ def without_empty_images(value):
     if isinstance(value, dict):
         return {k: without_empty_images(v) for k, v in value.items() if v != [] or k != "images"}
     return value
+
+
+async def test_a_thumb_by_the_chat_s_index_rates_that_answer(service, upstream):
+    browser = new_id()
+    cid = (await run(service.turn(ask("q", browser=browser))))[-1].conversation_id
+    shown, positions = await service.display_indexed(cid)
+    answer, question = positions.index(1), positions.index(0)
+    rated = await service.set_feedback_shown(browser, cid, answer, "up")
+    assert rated is not None and rated[1]["feedback"] == "up"
+    assert await service.set_feedback_shown(browser, cid, question, "down") is None
+    assert "feedback" not in (await stored(service, cid))[0]
